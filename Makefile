@@ -1,0 +1,48 @@
+# One-command set-up: `make run` starts the site, `make test` runs the tests.
+# Both install first (idempotent). Nothing here depends on hand-installed tools:
+# the scripts install Debian packages (python3-venv, redis-server) when absent.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: install run test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
+	@touch $(STAMP)
+
+run: install
+	scripts/ensure_redis.sh start "$(REDIS_URL)"
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	@echo
+	@echo "  Create an admin user:  $(PY) manage.py createsuperuser"
+	@echo "  Then log in at:        http://127.0.0.1:$(PORT)/admin/"
+	@echo "  This node:             WORKER_MODE='$(WORKER_MODE)' (empty = requests + every service)"
+	@echo
+	exec $(PY) manage.py runnode --bind 127.0.0.1:$(PORT)
+
+test: install
+	scripts/ensure_redis.sh install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	scripts/ensure_redis.sh install
+	$(PY) bench/middleware.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

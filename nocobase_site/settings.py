@@ -1,0 +1,162 @@
+"""Settings of the site. Deployment values come from the environment, with
+defaults that are safe on a laptop: SQLite in var/, Redis on localhost,
+DEBUG off, every service in one node.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+# Holds the SQLite file and collected static files; SQLite cannot create its directory.
+try:
+    (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_counts(name: str) -> dict[str, int]:
+    """``"workflow:process=2,async-task:process=1"`` -> {"workflow:process": 2, ...}."""
+    counts: dict[str, int] = {}
+    for item in env_list(name, ""):
+        key, sep, count = item.rpartition("=")
+        if not sep or not count.strip().isdigit():
+            raise ValueError(f"{name}: {item!r} is not KEY=COUNT, e.g. 'workflow:process=2'.")
+        counts[key.strip()] = int(count)
+    return counts
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "django-insecure-laptop-only-set-SECRET_KEY-in-production")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+# What this node does: see README "WORKER_MODE". Empty: requests + every service.
+WORKER_MODE = os.environ.get("WORKER_MODE", "")
+WORKER_MODE_PROCESSES = int(os.environ.get("WORKER_MODE_PROCESSES", "1"))
+WORKER_MODE_SERVICE_PROCESSES = env_counts("WORKER_MODE_SERVICE_PROCESSES")
+WORKER_MODE_SHUTDOWN_GRACE = float(os.environ.get("WORKER_MODE_SHUTDOWN_GRACE", "25"))
+WORKER_MODE_NODE_NAME = os.environ.get("NODE_NAME", "")
+WORKER_MODE_GUNICORN_CONFIG = str(BASE_DIR / "nocobase_site" / "gunicorn.conf.py")
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# RQ_QUEUES is left unset on purpose: worker_mode makes one queue per service key on REDIS_URL.
+RQ = {"COMMIT_MODE": "on_db_commit"}
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_rq",
+    "worker_mode",
+    "workflows",
+    "async_tasks",
+]
+
+MIDDLEWARE = [
+    # First, so that nothing below answers on a node that does not serve requests.
+    "worker_mode.middleware.WorkerModeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "nocobase_site.urls"
+WSGI_APPLICATION = "nocobase_site.wsgi.application"
+ASGI_APPLICATION = "nocobase_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "nocobase_site" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+        conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True  # serve admin assets even before collectstatic
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "worker_mode": {"level": LOG_LEVEL},
+        "workflows": {"level": LOG_LEVEL},
+        "async_tasks": {"level": LOG_LEVEL},
+        "rq.worker": {"level": LOG_LEVEL},
+    },
+}

@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("", include("worker_mode.urls")),
+    path("admin/", admin.site.urls),
+    # django-rq's queue views are staff-only.
+    path("django-rq/", include("django_rq.urls")),
+]

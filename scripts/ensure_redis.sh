@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# ensure_redis.sh install      make sure the redis-server binary exists (the tests start their own)
+# ensure_redis.sh start URL    make sure a Redis answers at URL; if none does and URL points at this
+#                              machine, start a private redis-server for the site under var/redis
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/apt.sh
+
+ensure_binary() {
+    command -v redis-server >/dev/null || apt_install redis-server
+}
+
+case "${1:-}" in
+    install)
+        ensure_binary
+        ;;
+    start)
+        URL="${2:?usage: ensure_redis.sh start REDIS_URL}"
+        if .venv/bin/python scripts/ping.py redis "$URL"; then
+            echo "Redis answers at $URL"
+            exit 0
+        fi
+        read -r HOST PORT < <(.venv/bin/python scripts/ping.py redis-address "$URL")
+        case "$HOST" in
+            127.*|localhost|::1) ;;
+            *) echo "error: no Redis answers at $URL, and it is not on this machine: start it, or set REDIS_URL" >&2
+               exit 1 ;;
+        esac
+        ensure_binary
+        mkdir -p var/redis
+        echo "No Redis at $URL: starting a private redis-server on $HOST:$PORT (data and log in var/redis)"
+        redis-server --bind "$HOST" --port "$PORT" --daemonize yes --dir "$PWD/var/redis" \
+            --pidfile "$PWD/var/redis/redis.pid" --logfile "$PWD/var/redis/redis.log" \
+            --appendonly yes --save ""
+        for _ in $(seq 50); do
+            .venv/bin/python scripts/ping.py redis "$URL" && exit 0
+            sleep 0.1
+        done
+        echo "error: redis-server did not come up; see var/redis/redis.log" >&2
+        exit 1
+        ;;
+    *)
+        echo "usage: ensure_redis.sh install | start REDIS_URL" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.test import override_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def check_error_codes(messages) -> list[str]:
+    return sorted(m.id for m in messages)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free loopback port for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed; `make test` installs it (scripts/ensure_redis.sh install)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(answers, timeout=10)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _use_private_redis(redis_server: str, django_db_blocker) -> Iterator[None]:
+    with override_settings(REDIS_URL=redis_server):
+        yield
+
+
+@pytest.fixture
+def redis_conn(redis_server: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def site_env(redis_server: str, tmp_path: Path) -> dict[str, str]:
+    """Environment of a real node process: the private Redis, a migrated SQLite file of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "WORKER_MODE"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="nocobase_site.settings",
+        REDIS_URL=redis_server,
+        VAR_DIR=str(tmp_path / "var"),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'node.sqlite3'}",
+        PYTHONPATH=str(ROOT),
+        LOG_LEVEL="INFO",
+        GUNICORN_ACCESS_LOG="",
+        WEB_CONCURRENCY="2",
+        WORKER_MODE_SHUTDOWN_GRACE="20",
+    )
+    return env
+
+
+class Node:
+    """A real ``manage.py`` process in its own process group, logging to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"process did not exit within {timeout} s; log:\n{self.log}") from None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever is left of its group
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_node(site_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def start(args: list[str], worker_mode: str | None = None, **extra_env: str) -> Node:
+        env = dict(site_env)
+        if worker_mode is not None:
+            env["WORKER_MODE"] = worker_mode
+        env.update(extra_env)
+        node = Node(args, env, tmp_path / f"node{len(nodes)}.log")
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_for_http(url: str, node: Node, timeout: float = 20.0) -> None:
+    def up() -> bool:
+        if node.process.poll() is not None:
+            raise AssertionError(f"node exited with {node.process.returncode}; log:\n{node.log}")
+        try:
+            http_get(url, timeout=1)
+            return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    wait_until(up, timeout=timeout, interval=0.1)
+
+
+@pytest.fixture
+def migrated(site_env: dict[str, str]) -> None:
+    """Migrate the node processes' SQLite file once for the test."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=site_env,
+        check=True,
+        timeout=120,
+    )

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from worker_mode import checks
+from worker_mode.startup import validate
+from worker_mode.exceptions import WorkerModeError
+
+from .conftest import check_error_codes
+
+MW = checks.MIDDLEWARE_PATH
+
+
+def all_messages():
+    return [
+        *checks.check_worker_mode(),
+        *checks.check_queues(),
+        *checks.check_process_settings(),
+        *checks.check_middleware(),
+    ]
+
+
+def test_the_site_is_clean():
+    assert check_error_codes(all_messages()) == []
+
+
+@pytest.mark.parametrize("mode", ["", "!", "*", "-", "!,*", "workflow:process", " ! , async-task:process "])
+def test_valid_modes_pass(mode):
+    with override_settings(WORKER_MODE=mode):
+        assert check_error_codes(checks.check_worker_mode()) == []
+
+
+@override_settings(WORKER_MODE="-,workflow:process")
+def test_e001_unparsable():
+    [error] = checks.check_worker_mode()
+    assert error.id == "worker_mode.E001"
+    assert error.msg == "WORKER_MODE '-,workflow:process' is invalid."
+    assert "must stand alone" in error.hint
+
+
+@override_settings(WORKER_MODE="!,workflow:proces,reports:x")
+def test_e002_unknown_keys_each_named_with_registered_keys():
+    errors = checks.check_worker_mode()
+    assert check_error_codes(errors) == ["worker_mode.E002", "worker_mode.E002"]
+    assert errors[0].msg == "WORKER_MODE names unknown service key 'workflow:proces'."
+    assert errors[0].hint.startswith("Did you mean 'workflow:process'? Registered keys: workflow:process,")
+    assert "Did you mean" not in errors[1].hint
+    assert len(errors[0].msg) < 80
+
+
+@override_settings(WORKER_MODE="workflow:proces")
+def test_check_command_refuses_a_typo():
+    with pytest.raises(SystemCheckError, match=r"worker_mode\.E002.*workflow:proces"):
+        call_command("check")
+
+
+@override_settings(WORKER_MODE="workflow:proces")
+def test_startup_validation_refuses_a_typo():
+    with pytest.raises(WorkerModeError, match="E002.*Did you mean 'workflow:process'"):
+        validate()
+
+
+@override_settings(RQ_QUEUES={"workflow:process": {"URL": "redis://127.0.0.1:1/0"}})
+def test_e003_site_queues_missing_a_service():
+    errors = checks.check_queues()
+    assert check_error_codes(errors) == ["worker_mode.E003"]
+    assert "'async-task:process'" in errors[0].msg
+
+
+@pytest.mark.parametrize("value", [-1, "2", 1.5, True])
+def test_e004_processes(value):
+    with override_settings(WORKER_MODE_PROCESSES=value):
+        assert check_error_codes(checks.check_process_settings()) == ["worker_mode.E004"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["workflow:process"], {"workflow:proces": 1}, {"workflow:process": 0}, {"workflow:process": "2"}],
+)
+def test_e005_service_processes(value):
+    with override_settings(WORKER_MODE_SERVICE_PROCESSES=value):
+        assert check_error_codes(checks.check_process_settings()) == ["worker_mode.E005"]
+
+
+@pytest.mark.parametrize("value", [-1, "30", None])
+def test_e006_grace(value):
+    with override_settings(WORKER_MODE_SHUTDOWN_GRACE=value):
+        assert check_error_codes(checks.check_process_settings()) == ["worker_mode.E006"]
+
+
+@override_settings(WORKER_MODE_EXEMPT_PATHS=["/healthz", "readyz"])
+def test_e007_exempt_paths():
+    assert check_error_codes(checks.check_process_settings()) == ["worker_mode.E007"]
+
+
+def test_w001_middleware_missing(settings):
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MW]
+    assert check_error_codes(checks.check_middleware()) == ["worker_mode.W001"]
+
+
+def test_w002_middleware_below_one_that_answers(settings):
+    settings.MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        MW,
+    ]
+    [warning] = checks.check_middleware()
+    assert warning.id == "worker_mode.W002"
+    assert "WhiteNoiseMiddleware" in warning.msg
+    assert "SessionMiddleware" not in warning.hint
+
+
+def test_middleware_below_passive_middleware_is_fine(settings):
+    settings.MIDDLEWARE = ["django.middleware.gzip.GZipMiddleware", MW]
+    assert checks.check_middleware() == []
+
+
+def test_silenced_errors_do_not_stop_startup(settings):
+    settings.WORKER_MODE = "nope:x"
+    settings.SILENCED_SYSTEM_CHECKS = ["worker_mode.E002"]
+    validate()

@@ -1,0 +1,29 @@
+"""Service splitting for Django sites, driven by the WORKER_MODE setting.
+
+``serving()`` tells whether this node serves HTTP requests; ``serving(key)``
+whether it processes a background service. Apps register their keys with
+``register_service()`` and enqueue work with ``enqueue()``.
+"""
+
+from .exceptions import InvalidWorkerMode, ServiceAlreadyRegistered, UnknownServiceKey, WorkerModeError
+from .mode import WorkerMode, parse
+from .node import current_mode, served_keys, serving
+from .queues import enqueue, get_queue
+from .registry import Service, register_service, services
+
+__all__ = [
+    "InvalidWorkerMode",
+    "Service",
+    "ServiceAlreadyRegistered",
+    "UnknownServiceKey",
+    "WorkerMode",
+    "WorkerModeError",
+    "current_mode",
+    "enqueue",
+    "get_queue",
+    "parse",
+    "register_service",
+    "served_keys",
+    "services",
+    "serving",
+]

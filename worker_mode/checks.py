@@ -1,0 +1,178 @@
+"""System checks: a bad WORKER_MODE stops manage.py, runnode, runworkers and gunicorn.
+
+Ids are stable and never reused; the README lists every one.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from .conf import conf
+from .exceptions import InvalidWorkerMode, did_you_mean
+from .registry import services
+
+MIDDLEWARE_PATH = "worker_mode.middleware.WorkerModeMiddleware"
+
+#: Middleware known never to answer a request before the view runs; anything
+#: else above WorkerModeMiddleware could answer (redirect, serve a file, reply
+#: from a cache) on a node that must answer 503.
+PASSIVE_MIDDLEWARE = frozenset(
+    {
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.auth.middleware.LoginRequiredMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.middleware.gzip.GZipMiddleware",
+        "django.middleware.http.ConditionalGetMiddleware",
+        "django.middleware.locale.LocaleMiddleware",
+    }
+)
+
+
+def _is_whole(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+@register(Tags.compatibility)
+def check_worker_mode(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E001: WORKER_MODE cannot be parsed. E002: it names a key no app registered."""
+    try:
+        mode = conf.worker_mode()
+    except InvalidWorkerMode as exc:
+        return [
+            Error(
+                f"WORKER_MODE {conf.WORKER_MODE!r} is invalid.",
+                hint=str(exc),
+                id="worker_mode.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    registered = services.keys()
+    for key in mode.keys:
+        if key in services:
+            continue
+        suggestion = did_you_mean(key, registered)
+        known = ", ".join(registered) or "none"
+        hint = f"Registered keys: {known}."
+        if suggestion:
+            hint = f"Did you mean {suggestion!r}? " + hint
+        errors.append(Error(f"WORKER_MODE names unknown service key {key!r}.", hint=hint, id="worker_mode.E002"))
+    return errors
+
+
+@register(Tags.compatibility)
+def check_queues(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E003: a site-defined RQ_QUEUES lacks the queue of a registered service."""
+    queues = getattr(settings, "RQ_QUEUES", None)
+    if queues is None:
+        return []
+    return [
+        Error(
+            f"RQ_QUEUES has no queue for service {service.key!r}.",
+            hint=f"Add {service.queue_name!r} to RQ_QUEUES, or remove RQ_QUEUES to get one queue per key.",
+            id="worker_mode.E003",
+        )
+        for service in services
+        if service.queue_name not in queues
+    ]
+
+
+@register(Tags.compatibility)
+def check_process_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E004-E006: worker process counts and the shutdown grace."""
+    errors: list[CheckMessage] = []
+    if not _is_whole(conf.WORKER_MODE_PROCESSES, 0):
+        errors.append(
+            Error(
+                f"WORKER_MODE_PROCESSES must be a whole number >= 0, not {conf.WORKER_MODE_PROCESSES!r}.",
+                hint="Set it to the size of the shared worker pool, e.g. 2.",
+                id="worker_mode.E004",
+            )
+        )
+    per_service = getattr(settings, "WORKER_MODE_SERVICE_PROCESSES", {})
+    if not isinstance(per_service, dict):
+        errors.append(
+            Error(
+                "WORKER_MODE_SERVICE_PROCESSES must be a dict.",
+                hint='For example {"workflow:process": 2}.',
+                id="worker_mode.E005",
+            )
+        )
+        per_service = {}
+    for key, count in per_service.items():
+        if key not in services:
+            suggestion = did_you_mean(key, services.keys())
+            errors.append(
+                Error(
+                    f"WORKER_MODE_SERVICE_PROCESSES names unknown service key {key!r}.",
+                    hint=(f"Did you mean {suggestion!r}? " if suggestion else "")
+                    + f"Registered keys: {', '.join(services.keys()) or 'none'}.",
+                    id="worker_mode.E005",
+                )
+            )
+        elif not _is_whole(count, 1):
+            errors.append(
+                Error(
+                    f"WORKER_MODE_SERVICE_PROCESSES[{key!r}] must be a whole number >= 1.",
+                    hint="Leave the key out to use the shared pool instead.",
+                    id="worker_mode.E005",
+                )
+            )
+    grace = conf.WORKER_MODE_SHUTDOWN_GRACE
+    if not isinstance(grace, numbers.Real) or isinstance(grace, bool) or grace < 0:
+        errors.append(
+            Error(
+                f"WORKER_MODE_SHUTDOWN_GRACE must be seconds >= 0, not {grace!r}.",
+                hint="Keep it below your orchestrator's kill timeout (Kubernetes: 30 s).",
+                id="worker_mode.E006",
+            )
+        )
+    bad_paths = [p for p in conf.WORKER_MODE_EXEMPT_PATHS if not (isinstance(p, str) and p.startswith("/"))]
+    if bad_paths:
+        errors.append(
+            Error(
+                f"WORKER_MODE_EXEMPT_PATHS entries must start with '/': {bad_paths!r}.",
+                hint="Use URL paths such as '/healthz'; end one with '/' to exempt a prefix.",
+                id="worker_mode.E007",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_middleware(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """W001: the middleware is missing. W002: middleware above it may answer requests."""
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if MIDDLEWARE_PATH not in middleware:
+        return [
+            Warning(
+                "WorkerModeMiddleware is not in MIDDLEWARE.",
+                hint=f"Add {MIDDLEWARE_PATH!r} first in MIDDLEWARE so worker-only nodes answer 503.",
+                id="worker_mode.W001",
+            )
+        ]
+    above = middleware[: middleware.index(MIDDLEWARE_PATH)]
+    answering = [m for m in above if m not in PASSIVE_MIDDLEWARE]
+    if not answering:
+        return []
+    return [
+        Warning(
+            f"WorkerModeMiddleware is below {answering[0].rsplit('.', 1)[-1]}.",
+            hint=f"{', '.join(answering)} may answer requests itself; put {MIDDLEWARE_PATH!r} above it.",
+            id="worker_mode.W002",
+        )
+    ]
+
+
+def startup_errors() -> list[CheckMessage]:
+    """The worker_mode errors that must stop a node from starting (used by gunicorn and wsgi)."""
+    messages = [*check_worker_mode(), *check_queues(), *check_process_settings()]
+    silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", []))
+    return [m for m in messages if m.is_serious() and m.id not in silenced]

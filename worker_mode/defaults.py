@@ -1,0 +1,34 @@
+"""Default values of worker_mode's settings (read through ``worker_mode.conf``)."""
+
+WORKER_MODE = ""
+"""Empty: this node serves HTTP requests and processes every registered service."""
+
+WORKER_MODE_EXEMPT_PATHS = ("/healthz", "/readyz")
+"""Paths answered even on nodes that do not serve requests; an entry ending in '/' is a prefix."""
+
+WORKER_MODE_PROCESSES = 1
+"""Worker processes shared by the served services that have no count of their own."""
+
+WORKER_MODE_SERVICE_PROCESSES: dict[str, int] = {}
+"""Dedicated worker processes per service key, e.g. {"workflow:process": 2}."""
+
+WORKER_MODE_SHUTDOWN_GRACE = 25.0
+"""Seconds running jobs get to finish after SIGTERM before a cold shutdown (k8s default grace is 30)."""
+
+WORKER_MODE_WORKER_CLASS = "worker_mode.workers.DjangoWorker"
+"""The RQ worker class each worker process runs."""
+
+WORKER_MODE_RESTART_LIMIT = 5
+"""A worker process that crashes this many times within WORKER_MODE_RESTART_WINDOW fails for good."""
+
+WORKER_MODE_RESTART_WINDOW = 60.0
+"""Seconds over which crashes are counted for WORKER_MODE_RESTART_LIMIT."""
+
+WORKER_MODE_NODE_NAME = ""
+"""This node's name in logs and job records; empty: the host name."""
+
+WORKER_MODE_GUNICORN_CONFIG = ""
+"""Path of the gunicorn config file runnode passes with -c; empty: gunicorn's own default."""
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+"""The Redis the automatic RQ_QUEUES use (one queue per registered service key)."""

@@ -1,0 +1,60 @@
+"""Answer 503 on nodes whose WORKER_MODE does not serve HTTP requests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from .conf import conf
+
+
+def is_exempt(path: str, exempt_paths: tuple[str, ...]) -> bool:
+    """Exact match, or a prefix match for entries that end in '/'."""
+    for exempt in exempt_paths:
+        if path == exempt or (exempt.endswith("/") and path.startswith(exempt)):
+            return True
+    return False
+
+
+def rejection(request: HttpRequest) -> HttpResponse | None:
+    """The 503 for this request, or None when this node should answer it."""
+    mode = conf.worker_mode()
+    if mode.serves_requests or is_exempt(request.path_info, conf.WORKER_MODE_EXEMPT_PATHS):
+        return None
+    response = JsonResponse(
+        {
+            "error": "service_unavailable",
+            "detail": "This node does not serve HTTP requests.",
+            "worker_mode": mode.raw,
+        },
+        status=503,
+    )
+    response["Cache-Control"] = "no-store"
+    # An expected answer on this node, not a server error: keep it out of the
+    # django.request error log (Django's own flag for "already logged").
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
+
+
+class WorkerModeMiddleware:
+    """Put it first in MIDDLEWARE: nothing above it should answer on a worker node."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if self.async_mode:
+            return self.__acall__(request)
+        return rejection(request) or self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        return rejection(request) or await self.get_response(request)

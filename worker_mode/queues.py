@@ -1,0 +1,107 @@
+"""One RQ queue per service key, and enqueueing on transaction commit.
+
+Unless the site sets ``RQ_QUEUES`` itself, worker_mode installs a lazy
+``RQ_QUEUES`` mapping with one queue per registered key on ``REDIS_URL``, so
+django-rq's admin views and commands see exactly the services' queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from django.db import transaction
+from redis import Redis, RedisError
+from rq import Queue
+
+from .conf import conf
+from .registry import services
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceQueues(Mapping[str, dict[str, Any]]):
+    """A live ``RQ_QUEUES``: one entry per registered service key on ``REDIS_URL``.
+
+    Computed on every access, so keys registered after this object was made,
+    and ``override_settings(REDIS_URL=...)``, are seen.
+    """
+
+    def _build(self) -> dict[str, dict[str, Any]]:
+        queues: dict[str, dict[str, Any]] = {}
+        for service in services:
+            config: dict[str, Any] = {"URL": conf.REDIS_URL}
+            if service.default_timeout is not None:
+                config["DEFAULT_TIMEOUT"] = service.default_timeout
+            queues[service.queue_name] = config
+        return queues
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        return self._build()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __repr__(self) -> str:
+        return f"ServiceQueues({self._build()!r})"
+
+
+_connections: dict[tuple[Any, ...], Redis] = {}
+
+
+def _forget_connections() -> None:
+    # A connection inherited through fork() shares its socket with the parent.
+    _connections.clear()
+
+
+os.register_at_fork(after_in_child=_forget_connections)
+
+
+def get_connection(key: str) -> Redis:
+    """The Redis connection of ``key``'s queue, shared per process and per settings."""
+    from django_rq.connection_utils import filter_connection_params, get_redis_connection
+    from django_rq.settings import QUEUES
+
+    service = services.get(key)
+    config = QUEUES[service.queue_name]
+    cache_key = tuple(sorted((k, repr(v)) for k, v in filter_connection_params(config).items()))
+    connection = _connections.get(cache_key)
+    if connection is None:
+        connection = _connections[cache_key] = get_redis_connection(config)
+    return connection
+
+
+def get_queue(key: str) -> Queue:
+    """The RQ queue of the registered service ``key`` (enqueues immediately)."""
+    import django_rq
+
+    service = services.get(key)
+    return django_rq.get_queue(service.queue_name, connection=get_connection(key), commit_mode="auto")
+
+
+def enqueue(key: str, func: Callable[..., Any] | str, *args: Any, using: str | None = None, **kwargs: Any) -> str:
+    """Enqueue ``func(*args, **kwargs)`` on ``key``'s queue when the transaction commits.
+
+    Outside a transaction the job is enqueued at once. Returns the job id
+    (chosen up front, so it is known before the commit). If Redis is down at
+    commit time the error is logged and swallowed: the database row the job
+    refers to is the truth, and the owning app's recovery re-enqueues it.
+    Pass rq options (``job_timeout``, ``result_ttl``, ...) as keywords.
+    """
+    services.get(key)  # an unknown key fails now, in the caller, not after the commit
+    job_id = kwargs.pop("job_id", None) or uuid.uuid4().hex
+
+    def send() -> None:
+        try:
+            get_queue(key).enqueue(func, *args, job_id=job_id, **kwargs)
+        except RedisError:
+            logger.exception("Could not enqueue job %s on %s: Redis is unavailable", job_id, key)
+
+    transaction.on_commit(send, using=using)
+    return job_id

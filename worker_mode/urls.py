@@ -1,0 +1,12 @@
+"""Include at the site root: ``path("", include("worker_mode.urls"))``."""
+
+from django.urls import path
+
+from . import views
+
+app_name = "worker_mode"
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+]

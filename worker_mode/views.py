@@ -1,0 +1,72 @@
+"""Health endpoints for load balancers and orchestrators.
+
+``/healthz`` (liveness) answers 200 while the process runs. ``/readyz``
+(readiness) answers 200 when the database and Redis answer, else 503 naming
+the failing part. Both stay reachable on nodes that do not serve requests,
+because WORKER_MODE_EXEMPT_PATHS lets them through the middleware. They are
+unauthenticated by design and tell only "ok" or which part failed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import DatabaseError, connections
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
+from redis import RedisError
+
+from .node import current_mode, served_keys
+from .queues import get_connection
+from .registry import services
+
+logger = logging.getLogger(__name__)
+
+
+@never_cache
+@require_safe
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def _database_ok() -> bool:
+    try:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except DatabaseError:
+        logger.warning("readyz: the database does not answer", exc_info=True)
+        return False
+
+
+def _redis_ok() -> bool:
+    # Every queue of a registered service must be reachable (usually one Redis).
+    try:
+        for key in services.keys():
+            get_connection(key).ping()
+        return True
+    except RedisError:
+        logger.warning("readyz: Redis does not answer", exc_info=True)
+        return False
+
+
+@never_cache
+@require_safe
+def readyz(request: HttpRequest) -> JsonResponse:
+    checks = {
+        "database": "ok" if _database_ok() else "failing",
+        "redis": "ok" if _redis_ok() else "failing",
+    }
+    failing = [part for part, state in checks.items() if state != "ok"]
+    mode = current_mode()
+    body = {
+        "status": "failing" if failing else "ok",
+        "checks": checks,
+        "worker_mode": mode.raw,
+        "serves_requests": mode.serves_requests,
+        "services": list(served_keys(mode)),
+    }
+    if failing:
+        body["failing"] = failing
+    return JsonResponse(body, status=503 if failing else 200)
