@@ -5,6 +5,7 @@ DEBUG off, every service in one node.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,10 +14,8 @@ import dj_database_url
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 # Holds the SQLite file and collected static files; SQLite cannot create its directory.
-try:
+with contextlib.suppress(OSError):
     (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
-except OSError:
-    pass
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -51,6 +50,7 @@ WORKER_MODE = os.environ.get("WORKER_MODE", "")
 WORKER_MODE_PROCESSES = int(os.environ.get("WORKER_MODE_PROCESSES", "1"))
 WORKER_MODE_SERVICE_PROCESSES = env_counts("WORKER_MODE_SERVICE_PROCESSES")
 WORKER_MODE_SHUTDOWN_GRACE = float(os.environ.get("WORKER_MODE_SHUTDOWN_GRACE", "25"))
+WORKER_MODE_RESTART_LIMIT = int(os.environ.get("WORKER_MODE_RESTART_LIMIT", "5"))
 WORKER_MODE_NODE_NAME = os.environ.get("NODE_NAME", "")
 WORKER_MODE_GUNICORN_CONFIG = str(BASE_DIR / "nocobase_site" / "gunicorn.conf.py")
 
@@ -110,6 +110,9 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not Django's in-memory default: tests then see connections really close and reopen.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,8 +1,8 @@
 """Answer whether a service is reachable, for the Makefile and .ci/run.
 
-    ping.py redis URL           exit 0 when a Redis answers PING at URL
-    ping.py redis-address URL   print "host port" of a Redis URL
-    ping.py db URL              exit 0 when the database at URL accepts a connection
+ping.py redis URL           exit 0 when a Redis answers PING at URL
+ping.py redis-address URL   print "host port" of a Redis URL
+ping.py db URL              exit 0 when the database at URL accepts a connection
 """
 
 from __future__ import annotations

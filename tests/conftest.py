@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -46,7 +47,9 @@ def redis_server() -> Iterator[str]:
     """A private redis-server on a free loopback port for the whole session."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed; `make test` installs it (scripts/ensure_redis.sh install)")
+        pytest.fail(
+            "redis-server is not installed; `make test` installs it (scripts/ensure_redis.sh install)"
+        )
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -134,14 +137,10 @@ class Node:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)  # whatever is left of its group
-        except (ProcessLookupError, PermissionError):
-            pass
         self.process.wait(timeout=10)
         self._log.close()
 

@@ -6,8 +6,8 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from worker_mode import checks
-from worker_mode.startup import validate
 from worker_mode.exceptions import WorkerModeError
+from worker_mode.startup import validate
 
 from .conftest import check_error_codes
 

@@ -88,7 +88,9 @@ def test_repeated_transient_alone_is_fine():
     assert parse("-,-").transient
 
 
-@pytest.mark.parametrize("raw", ["workflow process", "workflow;process", "!workflow", "**", "ü:process", ":x"])
+@pytest.mark.parametrize(
+    "raw", ["workflow process", "workflow;process", "!workflow", "**", "ü:process", ":x"]
+)
 def test_items_that_are_not_keys_are_errors(raw):
     with pytest.raises(WorkerModeSyntaxError, match="is not a service key"):
         parse(raw)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from worker_mode import InvalidWorkerMode, UnknownServiceKey, register_service, serving, services
+from worker_mode import InvalidWorkerMode, UnknownServiceKey, register_service, services, serving
 from worker_mode.node import describe, served_keys
 
 WF, AT = "workflow:process", "async-task:process"
@@ -35,7 +35,10 @@ def test_none_setting_means_everything():
 
 
 def test_serving_an_unregistered_key_raises():
-    with override_settings(WORKER_MODE="*"), pytest.raises(UnknownServiceKey, match="Did you mean 'workflow:process'"):
+    with (
+        override_settings(WORKER_MODE="*"),
+        pytest.raises(UnknownServiceKey, match="Did you mean 'workflow:process'"),
+    ):
         serving("workflow:proces")
 
 

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from worker_mode import ServiceAlreadyRegistered, UnknownServiceKey, WorkerModeError, register_service, services
+from worker_mode import (
+    ServiceAlreadyRegistered,
+    UnknownServiceKey,
+    WorkerModeError,
+    register_service,
+    services,
+)
 from worker_mode.registry import ServiceRegistry
 
 

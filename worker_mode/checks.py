@@ -63,7 +63,9 @@ def check_worker_mode(app_configs: Iterable[Any] | None = None, **kwargs: Any) -
         hint = f"Registered keys: {known}."
         if suggestion:
             hint = f"Did you mean {suggestion!r}? " + hint
-        errors.append(Error(f"WORKER_MODE names unknown service key {key!r}.", hint=hint, id="worker_mode.E002"))
+        errors.append(
+            Error(f"WORKER_MODE names unknown service key {key!r}.", hint=hint, id="worker_mode.E002")
+        )
     return errors
 
 

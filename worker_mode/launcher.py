@@ -10,6 +10,7 @@ own it stops the others and exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from django.conf import settings
 from .conf import conf
 from .mode import WorkerMode
 from .node import current_mode, served_keys
+from .startup import validate
 from .workers import _set_parent_death_signal
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class Launcher:
         self._forwarded = 0
         self._hangups = 0
         self._stop_started: float | None = None
+        self._killed = False
         self.exit_code = 0
 
     def _on_stop(self, signum: int, frame: Any) -> None:
@@ -109,10 +112,8 @@ class Launcher:
     def _send(self, name: str, sig: int) -> None:
         process = self.processes.get(name)
         if process is not None and process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 process.send_signal(sig)
-            except ProcessLookupError:
-                pass
 
     def _forward(self) -> None:
         while self._forwarded < self.stop_requests:
@@ -135,7 +136,9 @@ class Launcher:
         for child in self.children:
             logger.info("Starting %s: %s", child.name, " ".join(child.argv))
             # Own process group: Ctrl-C reaches the launcher, which stops children in order.
-            self.processes[child.name] = subprocess.Popen(child.argv, process_group=0, preexec_fn=_child_setup)
+            self.processes[child.name] = subprocess.Popen(
+                child.argv, process_group=0, preexec_fn=_child_setup
+            )
         while any(p.poll() is None for p in self.processes.values()):
             self._forward()
             for name, process in self.processes.items():
@@ -144,15 +147,14 @@ class Launcher:
                     logger.error("%s exited with %s; stopping the node", name, code)
                     self.exit_code = code or 1
                     self.stop_requests = 1
-            if self._stop_started is not None:
-                if time.monotonic() > self._stop_started + conf.WORKER_MODE_SHUTDOWN_GRACE + _STOP_MARGIN:
-                    for name in self.processes:
+            deadline = (self._stop_started or 0) + conf.WORKER_MODE_SHUTDOWN_GRACE + _STOP_MARGIN
+            if self._stop_started is not None and not self._killed and time.monotonic() > deadline:
+                self._killed = True
+                for name, process in self.processes.items():
+                    if process.poll() is None:
                         logger.error("%s did not stop in time; killing it", name)
                         self._send(name, signal.SIGKILL)
             time.sleep(0.1)
-        for name, process in self.processes.items():
-            if process.returncode not in (0, None) and not self.exit_code and self._forwarded == 0:
-                self.exit_code = process.returncode
         return self.exit_code
 
 
@@ -164,6 +166,7 @@ def run(
     with_scheduler: bool = False,
     verbosity: int = 1,
 ) -> int:
+    validate()
     mode = current_mode()
     children = plan_children(
         mode,

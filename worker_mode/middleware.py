@@ -13,10 +13,9 @@ from .conf import conf
 
 def is_exempt(path: str, exempt_paths: tuple[str, ...]) -> bool:
     """Exact match, or a prefix match for entries that end in '/'."""
-    for exempt in exempt_paths:
-        if path == exempt or (exempt.endswith("/") and path.startswith(exempt)):
-            return True
-    return False
+    return any(
+        path == exempt or (exempt.endswith("/") and path.startswith(exempt)) for exempt in exempt_paths
+    )
 
 
 def rejection(request: HttpRequest) -> HttpResponse | None:

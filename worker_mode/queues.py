@@ -85,7 +85,9 @@ def get_queue(key: str) -> Queue:
     return django_rq.get_queue(service.queue_name, connection=get_connection(key), commit_mode="auto")
 
 
-def enqueue(key: str, func: Callable[..., Any] | str, *args: Any, using: str | None = None, **kwargs: Any) -> str:
+def enqueue(
+    key: str, func: Callable[..., Any] | str, *args: Any, using: str | None = None, **kwargs: Any
+) -> str:
     """Enqueue ``func(*args, **kwargs)`` on ``key``'s queue when the transaction commits.
 
     Outside a transaction the job is enqueued at once. Returns the job id

@@ -41,7 +41,11 @@ class ServiceRegistry:
         self._services: dict[str, Service] = {}
 
     def register(self, key: str, *, description: str = "", default_timeout: int | None = None) -> Service:
-        if not isinstance(key, str) or key in (REQUESTS, ALL_SERVICES, TRANSIENT) or not KEY_PATTERN.fullmatch(key):
+        if (
+            not isinstance(key, str)
+            or key in (REQUESTS, ALL_SERVICES, TRANSIENT)
+            or not KEY_PATTERN.fullmatch(key)
+        ):
             raise WorkerModeError(
                 f"Cannot register service key {key!r}: use letters, digits and '_.:@/-', "
                 "for example 'my-plugin:process'."

@@ -10,6 +10,7 @@ WORKER_MODE_SHUTDOWN_GRACE seconds or on a second SIGTERM/SIGINT.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -32,6 +33,7 @@ from .exceptions import WorkerModeError
 from .node import current_mode, served_keys
 from .queues import get_connection, get_queue
 from .registry import services
+from .startup import validate
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +197,11 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_requests += 1
         if self.stop_requests == 1:
-            logger.info("Got %s: warm shutdown, running jobs may finish (grace %.0f s)", signal.Signals(signum).name,
-                        self.grace)
+            logger.info(
+                "Got %s: warm shutdown, running jobs may finish (grace %.0f s)",
+                signal.Signals(signum).name,
+                self.grace,
+            )
         else:
             logger.warning("Got %s again: cold shutdown", signal.Signals(signum).name)
 
@@ -216,17 +221,17 @@ class Supervisor:
         )
         slot.process.start()
         slot.restart_at = None
-        logger.info("Started worker %s (pid %s) on %s", slot.label, slot.process.pid, ", ".join(slot.group.queues))
+        logger.info(
+            "Started worker %s (pid %s) on %s", slot.label, slot.process.pid, ", ".join(slot.group.queues)
+        )
 
     def _live(self) -> list[_Slot]:
         return [s for s in self.slots if s.process is not None and s.process.is_alive()]
 
     def _signal_all(self, sig: int) -> None:
         for slot in self._live():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.process.pid, sig)  # type: ignore[union-attr]
-            except ProcessLookupError:
-                pass
 
     def _reap(self, now: float) -> None:
         for slot in self.slots:
@@ -270,13 +275,17 @@ class Supervisor:
             self._signal_all(signal.SIGTERM)
             return
         if self.stop_requests > 1 and self._cold_sent_at is None:
-            self._cold_at = min(self._cold_at or now, max(now, self._warm_sent_at + _RQ_DUPLICATE_SIGNAL_WINDOW))
+            self._cold_at = min(
+                self._cold_at or now, max(now, self._warm_sent_at + _RQ_DUPLICATE_SIGNAL_WINDOW)
+            )
         if self._cold_sent_at is None and now >= (self._cold_at or now):
             if self._live():
                 logger.warning("Cold shutdown: interrupting %d worker(s) still running", len(self._live()))
             self._cold_sent_at = now
             self._signal_all(signal.SIGTERM)
-        elif self._cold_sent_at is not None and now >= self._cold_sent_at + _COLD_STOP_TIMEOUT and self._live():
+        elif (
+            self._cold_sent_at is not None and now >= self._cold_sent_at + _COLD_STOP_TIMEOUT and self._live()
+        ):
             logger.error("Killing %d worker(s) that ignored the cold shutdown", len(self._live()))
             self._signal_all(signal.SIGKILL)
 
@@ -317,6 +326,7 @@ def run(
     log_level: str = "INFO",
 ) -> int:
     """Start workers for exactly the services this node serves; returns the exit code."""
+    validate()
     mode = current_mode()
     keys = served_keys(mode)
     if not keys:
@@ -336,5 +346,7 @@ def run(
         mode.describe(),
         "; ".join(f"{g.processes} x [{', '.join(g.queues)}]" for g in groups),
     )
-    supervisor = Supervisor(groups, burst=burst, with_scheduler=with_scheduler, grace=grace, log_level=log_level)
+    supervisor = Supervisor(
+        groups, burst=burst, with_scheduler=with_scheduler, grace=grace, log_level=log_level
+    )
     return supervisor.run()

@@ -16,14 +16,18 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--bind", help="gunicorn's address, e.g. 0.0.0.0:8000 (default: gunicorn config).")
+        parser.add_argument(
+            "--bind", help="gunicorn's address, e.g. 0.0.0.0:8000 (default: gunicorn config)."
+        )
         parser.add_argument(
             "--http-workers", type=int, help="gunicorn worker processes on request nodes (default: config)."
         )
         parser.add_argument(
             "--processes", type=int, help="Shared worker processes (default: WORKER_MODE_PROCESSES)."
         )
-        parser.add_argument("--with-scheduler", action="store_true", help="Run rq's scheduler with the workers.")
+        parser.add_argument(
+            "--with-scheduler", action="store_true", help="Run rq's scheduler with the workers."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         log.configure(options["verbosity"])

@@ -24,7 +24,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--burst", action="store_true", help="Drain the queues, then exit.")
         parser.add_argument(
-            "--with-scheduler", action="store_true", help="Also run rq's scheduler for scheduled/retried jobs."
+            "--with-scheduler",
+            action="store_true",
+            help="Also run rq's scheduler for scheduled/retried jobs.",
         )
         parser.add_argument(
             "--grace", type=float, help="Seconds for a warm shutdown (default: WORKER_MODE_SHUTDOWN_GRACE)."
