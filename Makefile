@@ -41,8 +41,8 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	scripts/ensure_redis.sh install
-	$(PY) bench/middleware.py
+	command -v valgrind >/dev/null || (. scripts/apt.sh && apt_install valgrind)
+	$(PY) bench/middleware.py --cpu 1
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
