@@ -120,27 +120,28 @@ def test_sigterm_lets_the_running_job_finish(start_node, redis_conn):
     assert "warm shut down requested" in node.log
 
 
+def stop_during_a_long_job(start_node, redis_conn, args: list[str], signals: list[int]):
+    """Start runworkers on a 60 s job, send ``signals`` once it runs; return the stopped node."""
+    get_queue(WF).enqueue("tests.jobs.slow_mark", "long", 60.0)
+    node = start_node(["runworkers", *args], worker_mode=WF)
+    wait_until(lambda: redis_conn.get("test:started:long"), timeout=30)
+    for sig in signals:
+        node.signal(sig)
+        time.sleep(0.5)
+    assert node.wait(timeout=30) == 0, node.log
+    assert redis_conn.get("test:done:long") is None  # interrupted, long before its 60 s
+    return node
+
+
 @pytest.mark.processes
 def test_second_signal_is_a_cold_shutdown(start_node, redis_conn):
-    get_queue(WF).enqueue("tests.jobs.slow_mark", "long", 60.0)
-    node = start_node(["runworkers"], worker_mode=WF)
-    wait_until(lambda: redis_conn.get("test:started:long"), timeout=30)
-    node.signal(signal.SIGTERM)
-    time.sleep(0.5)
-    node.signal(signal.SIGINT)
-    assert node.wait(timeout=30) == 0, node.log
-    assert redis_conn.get("test:done:long") is None
+    node = stop_during_a_long_job(start_node, redis_conn, [], [signal.SIGTERM, signal.SIGINT])
     assert "Cold shutdown" in node.log
 
 
 @pytest.mark.processes
 def test_grace_period_ends_in_a_cold_shutdown(start_node, redis_conn):
-    get_queue(WF).enqueue("tests.jobs.slow_mark", "long", 60.0)
-    node = start_node(["runworkers", "--grace", "1"], worker_mode=WF)
-    wait_until(lambda: redis_conn.get("test:started:long"), timeout=30)
-    node.signal(signal.SIGTERM)
-    assert node.wait(timeout=30) == 0, node.log
-    assert redis_conn.get("test:done:long") is None
+    node = stop_during_a_long_job(start_node, redis_conn, ["--grace", "1"], [signal.SIGTERM])
     assert "Cold shutdown: interrupting 1 worker(s) still running" in node.log
 
 

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from worker_mode import launcher, log
-from worker_mode.exceptions import WorkerModeError
+from worker_mode.management.runner import run_or_fail
 
 
 class Command(BaseCommand):
@@ -31,15 +31,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         log.configure(options["verbosity"])
-        try:
-            code = launcher.run(
-                bind=options["bind"],
-                http_workers=options["http_workers"],
-                processes=options["processes"],
-                with_scheduler=options["with_scheduler"],
-                verbosity=options["verbosity"],
-            )
-        except WorkerModeError as exc:
-            raise CommandError(str(exc)) from None
-        if code:
-            raise CommandError(f"A child process failed (exit {code}); see the log above.", returncode=code)
+        run_or_fail(
+            launcher.run,
+            "A child process",
+            bind=options["bind"],
+            http_workers=options["http_workers"],
+            processes=options["processes"],
+            with_scheduler=options["with_scheduler"],
+            verbosity=options["verbosity"],
+        )

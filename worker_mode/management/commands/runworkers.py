@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from worker_mode import log, workers
-from worker_mode.exceptions import WorkerModeError
+from worker_mode.management.runner import run_or_fail
 
 
 class Command(BaseCommand):
@@ -33,16 +33,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        level = log.configure(options["verbosity"])
-        try:
-            code = workers.run(
-                processes=options["processes"],
-                burst=options["burst"],
-                with_scheduler=options["with_scheduler"],
-                grace=options["grace"],
-                log_level=level,
-            )
-        except WorkerModeError as exc:
-            raise CommandError(str(exc)) from None
-        if code:
-            raise CommandError(f"Worker processes failed (exit {code}); see the log above.", returncode=code)
+        run_or_fail(
+            workers.run,
+            "Worker processes",
+            processes=options["processes"],
+            burst=options["burst"],
+            with_scheduler=options["with_scheduler"],
+            grace=options["grace"],
+            log_level=log.configure(options["verbosity"]),
+        )
