@@ -58,6 +58,15 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # RQ_QUEUES is left unset on purpose: worker_mode makes one queue per service key on REDIS_URL.
 RQ = {"COMMIT_MODE": "on_db_commit"}
 
+# Models workflows may trigger on and read/write (the demo collection).
+WORKFLOWS_COLLECTIONS = env_list("WORKFLOWS_COLLECTIONS", "catalog.Product,catalog.Order")
+# Private addresses HTTP nodes may call; `make run` allows loopback for the demo webhook.
+WORKFLOWS_HTTP_ALLOWED_NETWORKS = env_list("WORKFLOWS_HTTP_ALLOWED_NETWORKS", "")
+WORKFLOWS_RECOVER_STARTED = os.environ.get("WORKFLOWS_RECOVER_STARTED", "resume")
+WORKFLOWS_LEASE = float(os.environ.get("WORKFLOWS_LEASE", "300"))
+WORKFLOWS_RECOVERY_INTERVAL = float(os.environ.get("WORKFLOWS_RECOVERY_INTERVAL", "30"))
+WORKFLOWS_QUEUED_GRACE = float(os.environ.get("WORKFLOWS_QUEUED_GRACE", "10"))
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -67,6 +76,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_rq",
     "worker_mode",
+    "api_tokens",
+    "catalog",
     "workflows",
     "async_tasks",
 ]
@@ -160,6 +171,7 @@ LOGGING = {
         "worker_mode": {"level": LOG_LEVEL},
         "workflows": {"level": LOG_LEVEL},
         "async_tasks": {"level": LOG_LEVEL},
+        "catalog": {"level": LOG_LEVEL},
         "rq.worker": {"level": LOG_LEVEL},
     },
 }

@@ -6,6 +6,8 @@ from . import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("", include("worker_mode.urls")),
+    path("", include("workflows.urls")),
+    path("", include("catalog.urls")),
     path("admin/", admin.site.urls),
     # django-rq's queue views are staff-only.
     path("django-rq/", include("django_rq.urls")),

@@ -5,20 +5,23 @@ whether it processes a background service. Apps register their keys with
 ``register_service()`` and enqueue work with ``enqueue()``.
 """
 
+from .cluster import current_worker_name, worker_is_alive
 from .exceptions import InvalidWorkerMode, ServiceAlreadyRegistered, UnknownServiceKey, WorkerModeError
 from .mode import WorkerMode, parse
 from .node import current_mode, served_keys, serving
 from .queues import enqueue, get_queue
-from .registry import Service, register_service, services
+from .registry import PeriodicTask, Service, register_service, services
 
 __all__ = [
     "InvalidWorkerMode",
+    "PeriodicTask",
     "Service",
     "ServiceAlreadyRegistered",
     "UnknownServiceKey",
     "WorkerMode",
     "WorkerModeError",
     "current_mode",
+    "current_worker_name",
     "enqueue",
     "get_queue",
     "parse",
@@ -26,4 +29,5 @@ __all__ = [
     "served_keys",
     "services",
     "serving",
+    "worker_is_alive",
 ]

@@ -8,7 +8,9 @@ An app registers its key in ``AppConfig.ready()``::
         def ready(self):
             register_service("my-plugin:process", description="My plugin's jobs")
 
-Each key gets an RQ queue of the same name.
+Each key gets an RQ queue of the same name. A service may also name periodic
+tasks (recovery, schedules) that ``runworkers`` runs on the nodes serving it,
+at start and every ``every`` seconds, one node at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,24 @@ from .mode import ALL_SERVICES, KEY_PATTERN, REQUESTS, TRANSIENT
 
 
 @dataclass(frozen=True)
+class PeriodicTask:
+    """A function (dotted path, no arguments) that nodes serving a service run every ``every`` seconds.
+
+    A Redis lock makes one node at a time run it; it must still be safe to run
+    twice (claim rows with a conditional UPDATE), since a lock can expire.
+    """
+
+    func: str
+    every: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.func, str) or "." not in self.func:
+            raise WorkerModeError(f"PeriodicTask func must be a dotted path, got {self.func!r}.")
+        if not self.every > 0:
+            raise WorkerModeError(f"PeriodicTask {self.func} needs every > 0 seconds, got {self.every!r}.")
+
+
+@dataclass(frozen=True)
 class Service:
     """A background service: its key (also its queue's name) and how to run its jobs."""
 
@@ -28,6 +48,8 @@ class Service:
     description: str = ""
     #: Default RQ job timeout in seconds for this service's queue (None: rq's default).
     default_timeout: int | None = None
+    #: Tasks the nodes serving this service run periodically (and once at start).
+    periodic: tuple[PeriodicTask, ...] = ()
 
     @property
     def queue_name(self) -> str:
@@ -40,7 +62,14 @@ class ServiceRegistry:
     def __init__(self) -> None:
         self._services: dict[str, Service] = {}
 
-    def register(self, key: str, *, description: str = "", default_timeout: int | None = None) -> Service:
+    def register(
+        self,
+        key: str,
+        *,
+        description: str = "",
+        default_timeout: int | None = None,
+        periodic: tuple[PeriodicTask, ...] | list[PeriodicTask] = (),
+    ) -> Service:
         if (
             not isinstance(key, str)
             or key in (REQUESTS, ALL_SERVICES, TRANSIENT)
@@ -50,7 +79,9 @@ class ServiceRegistry:
                 f"Cannot register service key {key!r}: use letters, digits and '_.:@/-', "
                 "for example 'my-plugin:process'."
             )
-        service = Service(key=key, description=description, default_timeout=default_timeout)
+        service = Service(
+            key=key, description=description, default_timeout=default_timeout, periodic=tuple(periodic)
+        )
         existing = self._services.get(key)
         if existing is not None and existing != service:
             raise ServiceAlreadyRegistered(
@@ -85,9 +116,15 @@ class ServiceRegistry:
 services = ServiceRegistry()
 
 
-def register_service(key: str, *, description: str = "", default_timeout: int | None = None) -> Service:
+def register_service(
+    key: str,
+    *,
+    description: str = "",
+    default_timeout: int | None = None,
+    periodic: tuple[PeriodicTask, ...] | list[PeriodicTask] = (),
+) -> Service:
     """Register a background service key; call it from your ``AppConfig.ready()``.
 
     Registering the same key twice with the same definition is harmless.
     """
-    return services.register(key, description=description, default_timeout=default_timeout)
+    return services.register(key, description=description, default_timeout=default_timeout, periodic=periodic)

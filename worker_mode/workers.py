@@ -28,9 +28,11 @@ from django.utils.module_loading import import_string
 from redis import RedisError
 from rq import SimpleWorker, Worker
 
+from .cluster import set_current_worker_name
 from .conf import conf
 from .exceptions import WorkerModeError
 from .node import current_mode, served_keys
+from .periodic import PeriodicRunner
 from .queues import get_connection, get_queue
 from .registry import services
 from .startup import validate
@@ -143,6 +145,7 @@ def _worker_main(
     wait_for_redis(group.queues[0])
     worker_class = import_string(worker_class_path)
     name = f"{conf.WORKER_MODE_NODE_NAME}.{group.name}.{index}.{os.getpid()}"
+    set_current_worker_name(name)
     worker = worker_class(
         [get_queue(key) for key in group.queues],
         connection=get_connection(group.queues[0]),
@@ -178,7 +181,9 @@ class Supervisor:
         log_level: str = "INFO",
         restart_limit: int | None = None,
         restart_window: float | None = None,
+        periodic: PeriodicRunner | None = None,
     ) -> None:
+        self.periodic = periodic
         self.slots = [_Slot(group, index) for group in groups for index in range(group.processes)]
         self.burst = burst
         self.with_scheduler = with_scheduler
@@ -210,6 +215,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
 
     # -- processes -----------------------------------------------------------
+    def _run_periodic(self, *, force: bool = False) -> None:
+        if self.periodic is not None:
+            self.periodic.run_due(force=force)
+
     def _start(self, slot: _Slot) -> None:
         connections.close_all()
         with_scheduler = self.with_scheduler and slot.index == 0
@@ -292,6 +301,8 @@ class Supervisor:
     def run(self) -> int:
         """Run until stopped (or, in burst mode, until the queues are drained). Returns an exit code."""
         self._install_signal_handlers()
+        # Recovery first: work left behind by a previous run is queued again before workers take jobs.
+        self._run_periodic(force=True)
         for slot in self.slots:
             self._start(slot)
         while True:
@@ -304,9 +315,11 @@ class Supervisor:
             elif self.burst and not self._live():
                 break
             else:
-                for slot in self.slots:
-                    if slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
-                        self._start(slot)
+                due = [s for s in self.slots if s.process is None and (s.restart_at or now + 1) <= now]
+                # A replaced worker may have left work half done: recover it at once, not at the next sweep.
+                self._run_periodic(force=bool(due))
+                for slot in due:
+                    self._start(slot)
             sentinels = [s.process.sentinel for s in self._live()]  # type: ignore[union-attr]
             if sentinels:
                 wait(sentinels, timeout=0.2)
@@ -347,6 +360,11 @@ def run(
         "; ".join(f"{g.processes} x [{', '.join(g.queues)}]" for g in groups),
     )
     supervisor = Supervisor(
-        groups, burst=burst, with_scheduler=with_scheduler, grace=grace, log_level=log_level
+        groups,
+        burst=burst,
+        with_scheduler=with_scheduler,
+        grace=grace,
+        log_level=log_level,
+        periodic=PeriodicRunner(keys),
     )
     return supervisor.run()

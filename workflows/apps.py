@@ -8,6 +8,17 @@ class WorkflowsConfig(AppConfig):
     verbose_name = "Workflows"
 
     def ready(self) -> None:
-        from worker_mode import register_service
+        from worker_mode import PeriodicTask, register_service
 
-        register_service(SERVICE_KEY, description="Asynchronous workflow executions")
+        from . import checks, triggers  # noqa: F401 (registers the system checks)
+        from .conf import conf
+
+        register_service(
+            SERVICE_KEY,
+            description="Asynchronous workflow executions",
+            periodic=(
+                PeriodicTask("workflows.recovery.recover", every=conf.WORKFLOWS_RECOVERY_INTERVAL),
+                PeriodicTask("workflows.recovery.tick", every=conf.WORKFLOWS_TICK_INTERVAL),
+            ),
+        )
+        triggers.connect_signals()

@@ -1,0 +1,79 @@
+"""Run the served services' periodic tasks (recovery, schedules) from ``runworkers``.
+
+Each task runs at start and then every ``every`` seconds on every node that
+serves its service; a non-blocking Redis lock makes one node at a time run it,
+so N worker nodes do not do the same sweep N times.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from django.db import connections
+from django.utils.module_loading import import_string
+from redis import RedisError
+
+from .queues import get_connection
+from .registry import PeriodicTask, services
+
+logger = logging.getLogger(__name__)
+
+#: A lock outlives a task by at most this much if its holder dies.
+_LOCK_TIMEOUT = 60.0
+
+
+class PeriodicRunner:
+    """Keeps the due times of the periodic tasks of ``keys`` and runs the due ones."""
+
+    def __init__(self, keys: Iterable[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.tasks: list[tuple[str, PeriodicTask]] = []
+        seen: set[str] = set()
+        for key in keys:
+            for task in services.get(key).periodic:
+                if task.func not in seen:
+                    seen.add(task.func)
+                    self.tasks.append((key, task))
+        self.next_run = {task.func: 0.0 for _, task in self.tasks}
+
+    def run_due(self, *, force: bool = False) -> list[str]:
+        """Run every task that is due (all of them if ``force``); returns the names of those run."""
+        ran: list[str] = []
+        for key, task in self.tasks:
+            now = self.clock()
+            if not force and now < self.next_run[task.func]:
+                continue
+            self.next_run[task.func] = now + task.every
+            if run_locked(key, task):
+                ran.append(task.func)
+        return ran
+
+
+def run_locked(key: str, task: PeriodicTask) -> bool:
+    """Run ``task`` unless another node holds its lock; errors are logged, never raised."""
+    try:
+        lock = get_connection(key).lock(
+            f"worker_mode:periodic:{task.func}", timeout=max(_LOCK_TIMEOUT, task.every * 2)
+        )
+        if not lock.acquire(blocking=False):
+            return False
+    except RedisError as exc:
+        logger.warning("Periodic task %s skipped: Redis for %s is unavailable (%s)", task.func, key, exc)
+        return False
+    try:
+        import_string(task.func)()
+        return True
+    except Exception:
+        logger.exception("Periodic task %s failed", task.func)
+        return False
+    finally:
+        try:
+            lock.release()
+        except RedisError:
+            logger.warning("Could not release the lock of periodic task %s", task.func)
+        except Exception:  # LockNotOwnedError: it expired while the task ran
+            logger.warning("Periodic task %s outlived its lock", task.func)
+        # The supervisor forks workers: it must not keep a connection a child could inherit mid-use.
+        connections.close_all()

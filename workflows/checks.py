@@ -1,0 +1,58 @@
+"""System checks of the workflows app's settings (ids workflows.E001-E004, listed in the README)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from django.apps import apps
+from django.core import checks
+
+from .conf import conf
+
+
+@checks.register("workflows")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for label in conf.WORKFLOWS_COLLECTIONS:
+        try:
+            apps.get_model(label)
+        except (LookupError, ValueError):
+            errors.append(
+                checks.Error(
+                    f"WORKFLOWS_COLLECTIONS names {label!r}, which is not an installed model.",
+                    hint="Use 'app_label.ModelName' of an installed app, e.g. 'catalog.Order'.",
+                    id="workflows.E001",
+                )
+            )
+    if conf.WORKFLOWS_RECOVER_STARTED not in ("resume", "fail"):
+        errors.append(
+            checks.Error(
+                f"WORKFLOWS_RECOVER_STARTED is {conf.WORKFLOWS_RECOVER_STARTED!r}.",
+                hint="Use 'resume' or 'fail'.",
+                id="workflows.E002",
+            )
+        )
+    for item in conf.WORKFLOWS_HTTP_ALLOWED_NETWORKS:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            errors.append(
+                checks.Error(
+                    f"WORKFLOWS_HTTP_ALLOWED_NETWORKS has {item!r}, not an IP address or network.",
+                    hint="Use addresses or CIDR networks such as '127.0.0.1' or '10.0.0.0/8'.",
+                    id="workflows.E003",
+                )
+            )
+    for name in (
+        "WORKFLOWS_LEASE",
+        "WORKFLOWS_RECOVERY_INTERVAL",
+        "WORKFLOWS_TICK_INTERVAL",
+        "WORKFLOWS_MAX_ATTEMPTS",
+    ):
+        value = getattr(conf, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            errors.append(
+                checks.Error(f"{name} is {value!r}.", hint="Use a positive number.", id="workflows.E004")
+            )
+    return errors

@@ -1,0 +1,347 @@
+"""Running executions: create, dispatch, claim, run node by node, pause, finish, cancel, retry.
+
+The database row is the truth. A worker claims an execution with a
+conditional UPDATE (queued -> started, with its name), so a duplicated
+message never runs it twice. Each node's effects and its job's "resolved"
+row commit together, so an execution resumed after its worker died re-runs
+at most the node that was interrupted, whose database effects were rolled
+back with it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import logging
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from worker_mode import current_worker_name, enqueue
+from worker_mode.conf import conf as worker_conf
+
+from . import nodes as node_types
+from .apps import SERVICE_KEY
+from .conf import conf
+from .exceptions import NodeFailed, WorkflowFailed
+from .graph import Graph
+from .models import Execution, Job, Node, Workflow
+
+logger = logging.getLogger(__name__)
+Status = Execution.Status
+
+#: Workflow ids of the executions running in this context, outermost first (for stack limits).
+_stack: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar("workflow_stack", default=())
+
+
+class _Paused(Exception):
+    def __init__(self, until: datetime.datetime) -> None:
+        self.until = until
+
+
+class _LostClaim(Exception):
+    """The execution was canceled, or recovery gave it to another worker."""
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def system_scope(execution: Execution | None = None) -> dict[str, Any]:
+    scope: dict[str, Any] = {"now": timezone.now().isoformat(), "node": worker_conf.WORKER_MODE_NODE_NAME}
+    if execution is not None:
+        scope.update(execution=execution.pk, workflow=execution.workflow.key)
+    return scope
+
+
+def within_stack_limit(workflow: Workflow) -> bool:
+    """False when ``workflow`` already runs ``stack_limit`` times in the chain that triggers it."""
+    if _stack.get().count(workflow.pk) >= workflow.stack_limit:
+        logger.warning(
+            "Workflow %s not triggered: it already runs %d time(s) in this chain (stack limit %d)",
+            workflow.key,
+            _stack.get().count(workflow.pk),
+            workflow.stack_limit,
+        )
+        return False
+    return True
+
+
+def start(
+    workflow: Workflow,
+    *,
+    event: str,
+    context: dict[str, Any],
+    user: Any = None,
+    scheduled_for: datetime.datetime | None = None,
+) -> Execution | None:
+    """Trigger ``workflow``. Async: a queued execution, enqueued when the transaction commits.
+
+    Sync: runs now, in the caller's transaction, and raises WorkflowFailed
+    unless it resolves (so the caller's atomic block rolls back). Returns
+    None when the stack limit stops it.
+    """
+    if not within_stack_limit(workflow):
+        return None
+    execution = Execution(
+        workflow=workflow,
+        event=event,
+        context=context,
+        stack=list(_stack.get()),
+        triggered_by=user if getattr(user, "is_authenticated", False) else None,
+        scheduled_for=scheduled_for,
+    )
+    if not workflow.sync:
+        execution.save()
+        dispatch(execution)
+        return execution
+    worker = current_worker_name()
+    execution.status = Status.STARTED
+    execution.worker = worker
+    execution.node_name = worker_conf.WORKER_MODE_NODE_NAME
+    execution.started_at = timezone.now()
+    execution.lease_expires_at = timezone.now() + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE)
+    execution.attempts = 1
+    with transaction.atomic():
+        execution.save()
+        Runner(execution, worker).run()
+        execution.refresh_from_db()
+        if execution.status != Status.RESOLVED:
+            raise WorkflowFailed(execution)
+    return execution
+
+
+def dispatch(execution: Execution) -> str:
+    """Enqueue ``execution`` on workflow:process when the transaction commits (never raises for Redis)."""
+    timeout = execution.workflow.timeout
+    return enqueue(
+        SERVICE_KEY,
+        "workflows.jobs.process_execution",
+        execution.pk,
+        job_id=execution.job_id,
+        job_timeout=(timeout or 3600) + 60,
+        result_ttl=60,
+        failure_ttl=7 * 86400,
+        description=f"workflow {execution.workflow.key} execution {execution.pk}",
+    )
+
+
+def claim(execution_id: int, worker: str) -> bool:
+    """queued -> started for ``worker``, if nobody else has it; True when this call got it."""
+    now = timezone.now()
+    return bool(
+        Execution.objects.filter(Q(run_after__isnull=True) | Q(run_after__lte=now), pk=execution_id)
+        .filter(status=Status.QUEUED)
+        .update(
+            status=Status.STARTED,
+            worker=worker,
+            node_name=worker_conf.WORKER_MODE_NODE_NAME,
+            started_at=Coalesce(F("started_at"), Value(now)),
+            lease_expires_at=now + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE),
+            attempts=F("attempts") + 1,
+            run_after=None,
+        )
+    )
+
+
+def run(execution_id: int, worker: str | None = None) -> str:
+    """Claim and run an execution; returns its status after this run, or "not claimed"."""
+    worker = worker or current_worker_name()
+    if not claim(execution_id, worker):
+        logger.info(
+            "Execution %s not claimed by %s: it is not queued (already taken or finished)",
+            execution_id,
+            worker,
+        )
+        return "not claimed"
+    execution = Execution.objects.select_related("workflow").get(pk=execution_id)
+    return Runner(execution, worker).run()
+
+
+class Runner:
+    """Walks one execution's nodes in this process."""
+
+    def __init__(self, execution: Execution, worker: str) -> None:
+        self.execution = execution
+        self.worker = worker
+        self.workflow = execution.workflow
+        self.graph = Graph(Node.objects.filter(workflow=self.workflow))
+        self.jobs = {job.node_key: job for job in Job.objects.filter(execution=execution)}
+        self.scope: dict[str, Any] = {
+            "$context": execution.context,
+            "$jobs": {k: j.result for k, j in self.jobs.items() if j.status == Job.Status.RESOLVED},
+            "$system": system_scope(execution),
+        }
+        started = execution.started_at or timezone.now()
+        self.deadline = (
+            started + datetime.timedelta(seconds=self.workflow.timeout) if self.workflow.timeout else None
+        )
+
+    def mine(self):
+        return Execution.objects.filter(pk=self.execution.pk, status=Status.STARTED, worker=self.worker)
+
+    def run(self) -> str:
+        token = _stack.set((*self.execution.stack, self.workflow.pk))
+        status, error = Status.RESOLVED, ""
+        try:
+            if self.graph.head is not None:
+                end = self.walk(self.graph.head)
+                if end is not None and end.end == "failed":
+                    status, error = Status.FAILED, end.end_message or "Ended by an end node."
+        except _Paused as paused:
+            updated = self.mine().update(
+                status=Status.QUEUED, run_after=paused.until, worker="", lease_expires_at=None
+            )
+            logger.info("Execution %s paused until %s", self.execution.pk, paused.until.isoformat())
+            return Status.QUEUED if updated else self._current_status()
+        except _LostClaim:
+            logger.warning(
+                "Execution %s stopped: canceled or taken over while %s ran it", self.execution.pk, self.worker
+            )
+            return self._current_status()
+        except _TimedOut:
+            status, error = Status.ABORTED, f"Timed out after {self.workflow.timeout} s."
+        except NodeFailed as exc:
+            status, error = Status.FAILED, str(exc)
+        except Exception as exc:
+            logger.exception("Execution %s: error", self.execution.pk)
+            status, error = Status.ERROR, f"{type(exc).__name__}: {exc}"
+        finally:
+            _stack.reset(token)
+        finished = self.mine().update(
+            status=status, error=error, finished_at=timezone.now(), lease_expires_at=None
+        )
+        if finished and status != Status.RESOLVED:
+            Job.objects.filter(execution=self.execution, status=Job.Status.PENDING).update(
+                status=Job.Status.ABORTED, finished_at=timezone.now()
+            )
+        logger.info(
+            "Execution %s of %s: %s%s",
+            self.execution.pk,
+            self.workflow.key,
+            status,
+            f" ({error})" if error else "",
+        )
+        return status if finished else self._current_status()
+
+    def _current_status(self) -> str:
+        return Execution.objects.filter(pk=self.execution.pk).values_list("status", flat=True).first() or ""
+
+    def walk(self, node) -> node_types.Outcome | None:
+        """Run ``node`` and what follows it; returns the outcome of an end node if one is reached."""
+        while node is not None:
+            outcome = self.run_node(node)
+            if outcome.end:
+                return outcome
+            if outcome.branch:
+                head = self.graph.branch_head(node, outcome.branch)
+                if head is not None:
+                    end = self.walk(head)
+                    if end is not None:
+                        return end
+            node = self.graph.next(node)
+        return None
+
+    def renew(self) -> None:
+        now = timezone.now()
+        if self.deadline is not None and now > self.deadline:
+            raise _TimedOut
+        if not self.mine().update(lease_expires_at=now + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE)):
+            raise _LostClaim
+
+    def run_node(self, node: Node) -> node_types.Outcome:
+        job = self.jobs.get(node.key)
+        if job is not None and job.status == Job.Status.RESOLVED:
+            return self._replayed(node, job)
+        self.renew()
+        now = timezone.now()
+        if job is not None and node.type == "delay" and job.status == Job.Status.PENDING and job.result:
+            return self._resume_delay(node, job, now)
+        if job is None:
+            job = Job.objects.create(execution=self.execution, node=node, node_key=node.key, started_at=now)
+            self.jobs[node.key] = job
+        else:  # interrupted by a dead worker, or retried: run it again
+            job.runs += 1
+            job.status, job.error, job.result, job.started_at, job.finished_at = (
+                Job.Status.PENDING,
+                "",
+                None,
+                now,
+                None,
+            )
+            job.save(update_fields=["runs", "status", "error", "result", "started_at", "finished_at"])
+        try:
+            with transaction.atomic():
+                outcome = node_types.run(node.type, node.config, self.scope)
+                if outcome.pause_until is None:
+                    self._finish_job(job, Job.Status.RESOLVED, outcome.result)
+        except NodeFailed as exc:
+            self._finish_job(job, Job.Status.FAILED, exc.result, str(exc))
+            raise
+        except ValidationError as exc:
+            message = "; ".join(exc.messages)
+            self._finish_job(job, Job.Status.FAILED, None, message)
+            raise NodeFailed(f"Node {node.key}: {message}") from None
+        except Exception as exc:
+            self._finish_job(job, Job.Status.ERROR, None, f"{type(exc).__name__}: {exc}")
+            raise
+        if outcome.pause_until is not None:
+            job.result = outcome.result
+            job.save(update_fields=["result"])
+            raise _Paused(outcome.pause_until)
+        self.scope["$jobs"][node.key] = outcome.result
+        return outcome
+
+    def _finish_job(self, job: Job, status: str, result: Any, error: str = "") -> None:
+        job.status, job.result, job.error, job.finished_at = status, result, error, timezone.now()
+        job.save(update_fields=["status", "result", "error", "finished_at"])
+
+    def _replayed(self, node: Node, job: Job) -> node_types.Outcome:
+        if node.type == "condition":
+            return node_types.Outcome(result=job.result, branch="true" if job.result else "false")
+        if node.type == "end":
+            return node_types.Outcome(
+                result=job.result,
+                end=(job.result or {}).get("status", "resolved"),
+                end_message=node.config.get("message", ""),
+            )
+        return node_types.Outcome(result=job.result)
+
+    def _resume_delay(self, node: Node, job: Job, now: datetime.datetime) -> node_types.Outcome:
+        until = datetime.datetime.fromisoformat(job.result["until"])
+        if now < until:
+            raise _Paused(until)
+        self._finish_job(job, Job.Status.RESOLVED, job.result)
+        self.scope["$jobs"][node.key] = job.result
+        return node_types.Outcome(result=job.result)
+
+
+def cancel(execution: Execution) -> bool:
+    """Cancel a queued or started execution; a running one stops before its next node."""
+    now = timezone.now()
+    canceled = Execution.objects.filter(pk=execution.pk, status__in=[Status.QUEUED, Status.STARTED]).update(
+        status=Status.CANCELED, finished_at=now, lease_expires_at=None, error="Canceled."
+    )
+    if canceled:
+        Job.objects.filter(execution=execution, status=Job.Status.PENDING).update(
+            status=Job.Status.CANCELED, finished_at=now
+        )
+    return bool(canceled)
+
+
+def retry(execution: Execution) -> bool:
+    """Queue a finished, unsuccessful execution again, from its first node that did not resolve."""
+    with transaction.atomic():
+        retried = Execution.objects.filter(
+            pk=execution.pk, status__in=[Status.FAILED, Status.ERROR, Status.ABORTED, Status.CANCELED]
+        ).update(
+            status=Status.QUEUED, error="", finished_at=None, run_after=None, worker="", lease_expires_at=None
+        )
+        if retried:
+            # Resolved jobs are replayed from their stored results; the others run again (runs + 1).
+            dispatch(Execution.objects.select_related("workflow").get(pk=execution.pk))
+    return bool(retried)

@@ -1,0 +1,269 @@
+"""Workflows (versioned), their nodes, executions and the job each node run leaves."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from . import nodes as node_types
+from . import schedule
+from .exceptions import ConfigError
+
+
+class Workflow(models.Model):
+    class Trigger(models.TextChoices):
+        COLLECTION = "collection", "Collection event"
+        SCHEDULE = "schedule", "Schedule"
+        MANUAL = "manual", "Manual / API"
+
+    key = models.SlugField(max_length=100, help_text="Shared by all versions; the API triggers by key.")
+    version = models.PositiveIntegerField(default=1, editable=False)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(default=False, help_text="At most one version per key is enabled.")
+    sync = models.BooleanField(
+        "synchronous",
+        default=False,
+        help_text="Run inside the triggering request (and roll it back on failure). Fixed once created.",
+    )
+    trigger_type = models.CharField(max_length=20, choices=Trigger.choices)
+    trigger_config = models.JSONField(default=dict, blank=True)
+    stack_limit = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="How many times this workflow may appear in a chain of executions that trigger each other.",
+    )
+    timeout = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds an execution may run; empty: no limit."
+    )
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["key", "version"], name="workflow_key_version"),
+            models.UniqueConstraint(
+                fields=["key"], condition=Q(enabled=True), name="workflow_one_enabled_version"
+            ),
+        ]
+        permissions = [("trigger_workflow", "Can trigger workflows manually")]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.key} v{self.version})"
+
+    @property
+    def locked(self) -> bool:
+        """A version that has executions cannot change; copy it to a new version instead."""
+        return self.pk is not None and self.executions.exists()
+
+    def clean(self) -> None:
+        from . import triggers
+
+        errors: dict[str, Any] = {}
+        try:
+            triggers.check_config(self.trigger_type, self.trigger_config, sync=self.sync)
+        except ValidationError as exc:
+            errors["trigger_config"] = exc.messages
+        if self.pk is not None:
+            before = (
+                Workflow.objects.filter(pk=self.pk).values("sync", "trigger_type", "trigger_config").first()
+            )
+            if before and before["sync"] != self.sync:
+                errors["sync"] = ["Synchronous or asynchronous is fixed once a workflow is created."]
+            if (
+                before
+                and self.locked
+                and (
+                    before["trigger_type"] != self.trigger_type
+                    or before["trigger_config"] != self.trigger_config
+                )
+            ):
+                errors["trigger_config"] = [
+                    "This version has executions; copy it to a new version to change it."
+                ]
+        if self.enabled and Workflow.objects.filter(key=self.key, enabled=True).exclude(pk=self.pk).exists():
+            errors["enabled"] = ["Another version of this workflow is enabled; disable it first."]
+        if errors:
+            raise ValidationError(errors)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.trigger_type == self.Trigger.SCHEDULE and self.enabled:
+            if self.next_run_at is None or self._schedule_changed():
+                self.next_run_at = schedule.next_time(self.trigger_config, timezone.now())
+        else:
+            self.next_run_at = None
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "next_run_at"}
+        super().save(*args, **kwargs)
+
+    def _schedule_changed(self) -> bool:
+        if self.pk is None:
+            return True
+        before = Workflow.objects.filter(pk=self.pk).values_list("trigger_config", "enabled").first()
+        return before is None or before != (self.trigger_config, True)
+
+    def copy_to_new_version(self) -> Workflow:
+        """An editable, disabled copy of this version with its nodes, numbered after the newest."""
+        newest = Workflow.objects.filter(key=self.key).aggregate(models.Max("version"))["version__max"] or 0
+        copy = Workflow.objects.create(
+            key=self.key,
+            version=newest + 1,
+            title=self.title,
+            description=self.description,
+            enabled=False,
+            sync=self.sync,
+            trigger_type=self.trigger_type,
+            trigger_config=self.trigger_config,
+            stack_limit=self.stack_limit,
+            timeout=self.timeout,
+        )
+        Node.objects.bulk_create(
+            Node(
+                workflow=copy,
+                key=n.key,
+                title=n.title,
+                type=n.type,
+                config=n.config,
+                upstream=n.upstream,
+                branch=n.branch,
+            )
+            for n in self.nodes.all()
+        )
+        return copy
+
+
+class Node(models.Model):
+    class Branch(models.TextChoices):
+        MAIN = "", "main line"
+        TRUE = "true", "if true"
+        FALSE = "false", "if false"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="nodes")
+    key = models.SlugField(max_length=100, help_text="Names the node's result: {{ $jobs.<key> }}.")
+    title = models.CharField(max_length=200, blank=True)
+    type = models.CharField(max_length=20, choices=node_types.CHOICES)
+    config = models.JSONField(default=dict, blank=True)
+    upstream = models.SlugField(
+        max_length=100, blank=True, help_text="Key of the node before this one; empty for the first node."
+    )
+    branch = models.CharField(
+        max_length=5, blank=True, choices=Branch.choices, help_text="Under a condition: which branch."
+    )
+
+    class Meta:
+        ordering = ["workflow", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "key"], name="node_key_per_workflow"),
+            models.UniqueConstraint(fields=["workflow", "upstream", "branch"], name="node_one_per_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.type})"
+
+    def clean(self) -> None:
+        try:
+            node_types.check_config(self.type, self.config)
+        except ConfigError as exc:
+            raise ValidationError({"config": exc.messages}) from None
+
+
+class Execution(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        STARTED = "started"
+        RESOLVED = "resolved"
+        FAILED = "failed"
+        ERROR = "error"
+        ABORTED = "aborted"
+        CANCELED = "canceled"
+
+    FINISHED = (Status.RESOLVED, Status.FAILED, Status.ERROR, Status.ABORTED, Status.CANCELED)
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="executions")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    event = models.CharField(
+        max_length=20, help_text="What triggered it: created, updated, schedule, manual..."
+    )
+    context = models.JSONField(default=dict, blank=True)
+    #: Workflow ids of the executions that led to this one (for the stack limit).
+    stack = models.JSONField(default=list, blank=True)
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    scheduled_for = models.DateTimeField(null=True, blank=True, help_text="The due time of a scheduled run.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    #: A paused (delayed) execution is not dispatched before this time.
+    run_after = models.DateTimeField(null=True, blank=True)
+    #: The worker process that claimed it: "{node}.{group}.{index}.{pid}".
+    worker = models.CharField(max_length=255, blank=True)
+    node_name = models.CharField("node", max_length=255, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker claimed it.")
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "run_after"], name="execution_status_run_after")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow", "scheduled_for"],
+                condition=Q(scheduled_for__isnull=False),
+                name="execution_once_per_due_time",
+            )
+        ]
+        permissions = [
+            ("cancel_execution", "Can cancel executions"),
+            ("retry_execution", "Can retry executions"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Execution #{self.pk} of {self.workflow.key} ({self.status})"
+
+    @property
+    def job_id(self) -> str:
+        """The rq job id that carries this execution (the same at every dispatch)."""
+        return f"workflow-execution-{self.pk}"
+
+    @property
+    def duration(self) -> datetime.timedelta | None:
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RESOLVED = "resolved"
+        FAILED = "failed"
+        ERROR = "error"
+        ABORTED = "aborted"
+        CANCELED = "canceled"
+
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="jobs")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="jobs")
+    node_key = models.SlugField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    runs = models.PositiveIntegerField(default=1, help_text="More than 1: re-run after its worker died.")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["execution", "id"]
+        constraints = [models.UniqueConstraint(fields=["execution", "node_key"], name="job_one_per_node")]
+
+    def __str__(self) -> str:
+        return f"{self.node_key}: {self.status}"
