@@ -21,12 +21,15 @@ run: install
 	scripts/ensure_redis.sh start "$(REDIS_URL)"
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) manage.py loaddemo --webhook-url http://127.0.0.1:$(PORT)/catalog/webhook
 	@echo
 	@echo "  Create an admin user:  $(PY) manage.py createsuperuser"
 	@echo "  Then log in at:        http://127.0.0.1:$(PORT)/admin/"
 	@echo "  This node:             WORKER_MODE='$(WORKER_MODE)' (empty = requests + every service)"
+	@echo "  Demo:                  add an Order in the admin; see Workflows > Executions"
 	@echo
-	exec $(PY) manage.py runnode --bind 127.0.0.1:$(PORT)
+	WORKFLOWS_HTTP_ALLOWED_NETWORKS="$${WORKFLOWS_HTTP_ALLOWED_NETWORKS:-127.0.0.1}" \
+		exec $(PY) manage.py runnode --bind 127.0.0.1:$(PORT)
 
 test: install
 	scripts/ensure_redis.sh install

@@ -194,3 +194,44 @@ def migrated(site_env: dict[str, str]) -> None:
         check=True,
         timeout=120,
     )
+
+
+# -- workflows ---------------------------------------------------------------------------------
+
+
+def build_workflow(nodes: list[dict], *, trigger_type: str = "manual", trigger_config=None, **fields):
+    """An enabled workflow with ``nodes`` (dicts of key, type, config, upstream, branch), validated."""
+    from workflows import graph
+    from workflows.models import Node, Workflow
+
+    fields.setdefault("key", f"wf-{Workflow.objects.count() + 1}")
+    fields.setdefault("title", fields["key"])
+    fields.setdefault("enabled", True)
+    workflow = Workflow(trigger_type=trigger_type, trigger_config=trigger_config or {}, **fields)
+    workflow.full_clean()
+    workflow.save()
+    made = []
+    for spec in nodes:
+        node = Node(workflow=workflow, **{"upstream": "", "branch": "", "config": {}, **spec})
+        node.full_clean()
+        made.append(node)
+    problems = graph.check(made, sync=workflow.sync)
+    assert not problems, problems
+    Node.objects.bulk_create(made)
+    return workflow
+
+
+def drain(key: str = "workflow:process") -> None:
+    """Run every job queued on ``key`` in this process, as a burst worker would."""
+    from rq import SimpleWorker
+
+    from worker_mode import get_queue
+    from worker_mode.queues import get_connection
+
+    SimpleWorker([get_queue(key)], connection=get_connection(key)).work(burst=True)
+
+
+def is_postgres() -> bool:
+    from django.db import connection
+
+    return connection.vendor == "postgresql"

@@ -56,4 +56,7 @@ def worker_is_alive(name: str, connection: Redis) -> bool:
     if ".inline." in name:
         # Work run in-process by another node (a sync run, a management command): no rq record.
         return True
-    return Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=connection) is not None
+    key = Worker.redis_worker_namespace_prefix + name
+    # rq keeps a stopped worker's record for 60 s with a 'death' field; a killed one lacks it until it lapses.
+    exists, death = connection.pipeline().exists(key).hget(key, "death").execute()
+    return bool(exists) and death is None

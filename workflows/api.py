@@ -57,7 +57,7 @@ def trigger(request: HttpRequest, key: str) -> JsonResponse:
     try:
         execution = triggers.trigger_manually(workflow, context, user=request.user)
     except WorkflowFailed as exc:
-        return error(422, str(exc), status=exc.execution.status)
+        return error(422, str(exc), execution_status=exc.execution.status)
     if execution is None:
         return error(409, f"Workflow {key!r} is already running in this chain (stack limit).")
     return JsonResponse(execution_json(execution, jobs=workflow.sync), status=200 if workflow.sync else 202)
