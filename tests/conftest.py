@@ -235,3 +235,13 @@ def is_postgres() -> bool:
     from django.db import connection
 
     return connection.vendor == "postgresql"
+
+
+@pytest.fixture(autouse=True)
+def _forget_workflow_caches():
+    """Per-process caches of workflows would outlive the database flush between tests."""
+    from workflows import engine, triggers
+
+    triggers.forget_listeners()
+    engine._graphs.clear()
+    yield

@@ -395,7 +395,11 @@ def test_cancel_stops_a_queued_or_running_execution(product):
     assert engine.claim(running.pk, "me.inline.0.1")
     runner = engine.Runner(Execution.objects.get(pk=running.pk), "me.inline.0.1")
     assert engine.cancel(running)
+    runner.checked_at -= datetime.timedelta(seconds=1)  # the runner re-reads its row every 0.5 s
     assert runner.run() == Execution.Status.CANCELED
+    assert not Job.objects.filter(execution=running).exists()
+    product.refresh_from_db()
+    assert product.quantity == 5
     assert not engine.cancel(running)  # finished: nothing to cancel
 
 

@@ -10,6 +10,7 @@ back with it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime
 import logging
@@ -108,7 +109,7 @@ def start(
     execution.attempts = 1
     with transaction.atomic():
         execution.save()
-        Runner(execution, worker).run()
+        Runner(execution, worker, first_run=True).run()
         execution.refresh_from_db()
         if execution.status != Status.RESOLVED:
             raise WorkflowFailed(execution)
@@ -130,10 +131,10 @@ def dispatch(execution: Execution) -> str:
     )
 
 
-def claim(execution_id: int, worker: str) -> bool:
-    """queued -> started for ``worker``, if nobody else has it; True when this call got it."""
+def claim(execution_id: int, worker: str) -> datetime.datetime | None:
+    """queued -> started for ``worker``, if nobody else has it; the claim time when this call got it."""
     now = timezone.now()
-    return bool(
+    claimed = (
         Execution.objects.filter(Q(run_after__isnull=True) | Q(run_after__lte=now), pk=execution_id)
         .filter(status=Status.QUEUED)
         .update(
@@ -146,12 +147,14 @@ def claim(execution_id: int, worker: str) -> bool:
             run_after=None,
         )
     )
+    return now if claimed else None
 
 
 def run(execution_id: int, worker: str | None = None) -> str:
     """Claim and run an execution; returns its status after this run, or "not claimed"."""
     worker = worker or current_worker_name()
-    if not claim(execution_id, worker):
+    claimed_at = claim(execution_id, worker)
+    if claimed_at is None:
         logger.info(
             "Execution %s not claimed by %s: it is not queued (already taken or finished)",
             execution_id,
@@ -159,24 +162,54 @@ def run(execution_id: int, worker: str | None = None) -> str:
         )
         return "not claimed"
     execution = Execution.objects.select_related("workflow").get(pk=execution_id)
-    return Runner(execution, worker).run()
+    # started_at is set by the first claim only: equal to this claim's time, no job can exist yet.
+    return Runner(execution, worker, first_run=execution.started_at == claimed_at).run()
+
+
+#: How often a running execution re-reads its row to notice a cancel or a takeover.
+_CLAIM_CHECK_INTERVAL = datetime.timedelta(seconds=0.5)
+_graphs: dict[tuple[int, datetime.datetime], Graph] = {}
+
+
+def _graph_of(workflow: Workflow) -> Graph:
+    # A version that runs has executions, so its nodes are locked: one query per process, not per run.
+    key = (workflow.pk, workflow.created_at)
+    graph = _graphs.get(key)
+    if graph is None:
+        if len(_graphs) > 256:
+            _graphs.clear()
+        graph = _graphs[key] = Graph(Node.objects.filter(workflow=workflow))
+    return graph
 
 
 class Runner:
-    """Walks one execution's nodes in this process."""
+    """Walks one execution's nodes in this process.
 
-    def __init__(self, execution: Execution, worker: str) -> None:
+    Database work per execution is kept to a few round trips, since that is
+    what an execution costs: the job rows of pure nodes (condition,
+    calculation, end) are written with the next transaction instead of one
+    commit each (after a crash such a node is simply computed again), and
+    the row is re-read for a cancel at most every half second.
+    """
+
+    def __init__(self, execution: Execution, worker: str, *, first_run: bool = False) -> None:
         self.execution = execution
         self.worker = worker
         self.workflow = execution.workflow
-        self.graph = Graph(Node.objects.filter(workflow=self.workflow))
-        self.jobs = {job.node_key: job for job in Job.objects.filter(execution=execution)}
+        self.graph = _graph_of(self.workflow)
+        self.jobs: dict[str, Job] = (
+            {} if first_run else {job.node_key: job for job in Job.objects.filter(execution=execution)}
+        )
+        self.buffer: list[Job] = []
         self.scope: dict[str, Any] = {
             "$context": execution.context,
             "$jobs": {k: j.result for k, j in self.jobs.items() if j.status == Job.Status.RESOLVED},
             "$system": system_scope(execution),
         }
-        started = execution.started_at or timezone.now()
+        now = timezone.now()
+        self.checked_at = now
+        self.renew_at = now + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE) / 2
+        started = execution.started_at or now
         self.deadline = (
             started + datetime.timedelta(seconds=self.workflow.timeout) if self.workflow.timeout else None
         )
@@ -193,12 +226,20 @@ class Runner:
                 if end is not None and end.end == "failed":
                     status, error = Status.FAILED, end.end_message or "Ended by an end node."
         except _Paused as paused:
-            updated = self.mine().update(
-                status=Status.QUEUED, run_after=paused.until, worker="", lease_expires_at=None
-            )
+            with transaction.atomic():
+                self._flush()
+                # A pause is not a failed attempt: WORKFLOWS_MAX_ATTEMPTS counts runs cut short.
+                updated = self.mine().update(
+                    status=Status.QUEUED,
+                    run_after=paused.until,
+                    worker="",
+                    lease_expires_at=None,
+                    attempts=F("attempts") - 1,
+                )
             logger.info("Execution %s paused until %s", self.execution.pk, paused.until.isoformat())
             return Status.QUEUED if updated else self._current_status()
         except _LostClaim:
+            self._flush()
             logger.warning(
                 "Execution %s stopped: canceled or taken over while %s ran it", self.execution.pk, self.worker
             )
@@ -212,13 +253,15 @@ class Runner:
             status, error = Status.ERROR, f"{type(exc).__name__}: {exc}"
         finally:
             _stack.reset(token)
-        finished = self.mine().update(
-            status=status, error=error, finished_at=timezone.now(), lease_expires_at=None
-        )
-        if finished and status != Status.RESOLVED:
-            Job.objects.filter(execution=self.execution, status=Job.Status.PENDING).update(
-                status=Job.Status.ABORTED, finished_at=timezone.now()
+        with transaction.atomic() if self.buffer or status != Status.RESOLVED else contextlib.nullcontext():
+            self._flush()
+            finished = self.mine().update(
+                status=status, error=error, finished_at=timezone.now(), lease_expires_at=None
             )
+            if finished and status != Status.RESOLVED:
+                Job.objects.filter(execution=self.execution, status=Job.Status.PENDING).update(
+                    status=Job.Status.ABORTED, finished_at=timezone.now()
+                )
         logger.info(
             "Execution %s of %s: %s%s",
             self.execution.pk,
@@ -246,59 +289,104 @@ class Runner:
             node = self.graph.next(node)
         return None
 
-    def renew(self) -> None:
+    def check_claim(self) -> None:
+        """Stop on a timeout, a cancel or a takeover; renew the lease when half of it is used."""
         now = timezone.now()
         if self.deadline is not None and now > self.deadline:
             raise _TimedOut
-        if not self.mine().update(lease_expires_at=now + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE)):
-            raise _LostClaim
+        if now >= self.renew_at:
+            lease = datetime.timedelta(seconds=conf.WORKFLOWS_LEASE)
+            if not self.mine().update(lease_expires_at=now + lease):
+                raise _LostClaim
+            self.renew_at = now + lease / 2
+            self.checked_at = now
+        elif now - self.checked_at >= _CLAIM_CHECK_INTERVAL:
+            if not self.mine().exists():
+                raise _LostClaim
+            self.checked_at = now
 
     def run_node(self, node: Node) -> node_types.Outcome:
         job = self.jobs.get(node.key)
         if job is not None and job.status == Job.Status.RESOLVED:
             return self._replayed(node, job)
-        self.renew()
-        now = timezone.now()
+        self.check_claim()
+        started_at = timezone.now()
         if job is not None and node.type == "delay" and job.status == Job.Status.PENDING and job.result:
-            return self._resume_delay(node, job, now)
-        if job is None:
-            job = Job.objects.create(execution=self.execution, node=node, node_key=node.key, started_at=now)
-            self.jobs[node.key] = job
-        else:  # interrupted by a dead worker, or retried: run it again
-            job.runs += 1
-            job.status, job.error, job.result, job.started_at, job.finished_at = (
-                Job.Status.PENDING,
-                "",
-                None,
-                now,
-                None,
-            )
-            job.save(update_fields=["runs", "status", "error", "result", "started_at", "finished_at"])
-        try:
-            with transaction.atomic():
+            return self._resume_delay(node, job, started_at)
+        node_type = node_types.TYPES[node.type]
+        if node_type.external:
+            # Recorded before acting: a rollback cannot undo a call, and a re-run must show.
+            self._record(node, Job.Status.PENDING, None, "", started_at)
+            self._flush()
+        if node_type.pure:
+            try:
                 outcome = node_types.run(node.type, node.config, self.scope)
-                if outcome.pause_until is None:
-                    self._finish_job(job, Job.Status.RESOLVED, outcome.result)
-        except NodeFailed as exc:
-            self._finish_job(job, Job.Status.FAILED, exc.result, str(exc))
-            raise
-        except ValidationError as exc:
-            message = "; ".join(exc.messages)
-            self._finish_job(job, Job.Status.FAILED, None, message)
-            raise NodeFailed(f"Node {node.key}: {message}") from None
-        except Exception as exc:
-            self._finish_job(job, Job.Status.ERROR, None, f"{type(exc).__name__}: {exc}")
-            raise
+            except Exception as exc:
+                raise self._failed(node, exc, started_at) from exc
+            self._record(node, Job.Status.RESOLVED, outcome.result, "", started_at)
+        else:
+            # The node's effects and its job row (with the buffered ones) commit together, so a
+            # worker that dies mid-node leaves nothing half-written to re-run over.
+            buffered, known = list(self.buffer), dict(self.jobs)
+            try:
+                with transaction.atomic():
+                    outcome = node_types.run(node.type, node.config, self.scope)
+                    status = Job.Status.PENDING if outcome.pause_until else Job.Status.RESOLVED
+                    self._record(node, status, outcome.result, "", started_at)
+                    self._flush()
+            except Exception as exc:
+                for pending in buffered:  # rolled back with the node: write them again later
+                    pending.pk, pending._state.adding = None, True
+                self.buffer, self.jobs = buffered, known
+                if node.key in known:
+                    known[node.key].refresh_from_db()
+                raise self._failed(node, exc, started_at) from exc
         if outcome.pause_until is not None:
-            job.result = outcome.result
-            job.save(update_fields=["result"])
             raise _Paused(outcome.pause_until)
         self.scope["$jobs"][node.key] = outcome.result
         return outcome
 
-    def _finish_job(self, job: Job, status: str, result: Any, error: str = "") -> None:
-        job.status, job.result, job.error, job.finished_at = status, result, error, timezone.now()
-        job.save(update_fields=["status", "result", "error", "finished_at"])
+    def _failed(self, node: Node, exc: Exception, started_at: datetime.datetime) -> Exception:
+        """Record the node's failure; returns the exception that ends the execution."""
+        if isinstance(exc, NodeFailed):
+            self._record(node, Job.Status.FAILED, exc.result, str(exc), started_at)
+            failure: Exception = exc
+        elif isinstance(exc, ValidationError):
+            message = "; ".join(exc.messages)
+            self._record(node, Job.Status.FAILED, None, message, started_at)
+            failure = NodeFailed(f"Node {node.key}: {message}")
+        else:
+            self._record(node, Job.Status.ERROR, None, f"{type(exc).__name__}: {exc}", started_at)
+            failure = exc
+        self._flush()
+        return failure
+
+    def _record(
+        self, node: Node, status: str, result: Any, error: str, started_at: datetime.datetime
+    ) -> None:
+        """Write the node's job: an existing row (a re-run) at once, a new one into the buffer."""
+        finished_at = None if status == Job.Status.PENDING else timezone.now()
+        job = self.jobs.get(node.key)
+        if job is None:
+            self.buffer.append(
+                Job(
+                    execution=self.execution, node=node, node_key=node.key, status=status, result=result,
+                    error=error, started_at=started_at, finished_at=finished_at,
+                )
+            )  # fmt: skip
+            return
+        if job.status != Job.Status.PENDING or job.started_at != started_at:
+            job.runs += 1  # a re-run: after a dead worker, or a retry
+        job.status, job.result, job.error = status, result, error
+        job.started_at, job.finished_at = started_at, finished_at
+        job.save(update_fields=["runs", "status", "result", "error", "started_at", "finished_at"])
+
+    def _flush(self) -> None:
+        if self.buffer:
+            Job.objects.bulk_create(self.buffer)
+            for job in self.buffer:
+                self.jobs[job.node_key] = job
+            self.buffer = []
 
     def _replayed(self, node: Node, job: Job) -> node_types.Outcome:
         if node.type == "condition":
@@ -315,7 +403,7 @@ class Runner:
         until = datetime.datetime.fromisoformat(job.result["until"])
         if now < until:
             raise _Paused(until)
-        self._finish_job(job, Job.Status.RESOLVED, job.result)
+        self._record(node, Job.Status.RESOLVED, job.result, "", job.started_at)
         self.scope["$jobs"][node.key] = job.result
         return node_types.Outcome(result=job.result)
 

@@ -39,6 +39,11 @@ class NodeType:
     run: Callable[[dict[str, Any], dict[str, Any]], Outcome]
     #: Config keys that hold expressions (their placeholders are bound, not rendered as text).
     expression_keys: frozenset[str] = frozenset()
+    #: Acts outside the database (HTTP): the engine records the attempt before it, since a
+    #: rollback cannot undo it and a re-run after a crash must show.
+    external: bool = False
+    #: No effects at all (condition, calculation, end): safe to compute again after a crash.
+    pure: bool = False
 
 
 def _check_expression(config: dict[str, Any]) -> None:
@@ -199,8 +204,20 @@ def _run_end(config: dict[str, Any], scope: dict[str, Any]) -> Outcome:
     return Outcome(result={"status": status}, end=status, end_message=str(config.get("message", "")))
 
 
-def _type(name, label, keys, required, check, run, expression_keys=()) -> NodeType:
-    return NodeType(name, label, frozenset(keys), frozenset(required), check, run, frozenset(expression_keys))
+def _type(
+    name, label, keys, required, check, run, expression_keys=(), external=False, pure=False
+) -> NodeType:
+    return NodeType(
+        name,
+        label,
+        frozenset(keys),
+        frozenset(required),
+        check,
+        run,
+        frozenset(expression_keys),
+        external,
+        pure,
+    )
 
 
 TYPES: dict[str, NodeType] = {
@@ -214,6 +231,7 @@ TYPES: dict[str, NodeType] = {
             _check_expression,
             _run_condition,
             {"expression"},
+            pure=True,
         ),
         _type(
             "calculation",
@@ -223,6 +241,7 @@ TYPES: dict[str, NodeType] = {
             _check_expression,
             _run_calculation,
             {"expression"},
+            pure=True,
         ),
         _type(
             "query",
@@ -263,9 +282,10 @@ TYPES: dict[str, NodeType] = {
             {"url"},
             http.check_config,
             _run_http,
+            external=True,
         ),
         _type("delay", "Delay", {"seconds"}, {"seconds"}, _check_delay, _run_delay),
-        _type("end", "End", {"status", "message"}, set(), _check_end, _run_end),
+        _type("end", "End", {"status", "message"}, set(), _check_end, _run_end, pure=True),
     )
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -66,12 +67,42 @@ def check_config(trigger_type: str, config: Any, *, sync: bool = False) -> None:
 # -- collection events ------------------------------------------------------------------------
 
 
+#: How long a process reuses the list of workflows listening to a collection. A save of a
+#: workflow in this process clears it at once; other processes see the change within this time.
+LISTENERS_TTL = 1.0
+_listeners: dict[str, tuple[float, list[Workflow]]] = {}
+
+
 def _workflows_for(label: str) -> list[Workflow]:
-    return list(
+    now = time.monotonic()
+    cached = _listeners.get(label)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    workflows = list(
         Workflow.objects.filter(
             enabled=True, trigger_type=Workflow.Trigger.COLLECTION, trigger_config__collection=label
         )
     )
+    if now >= _hold_cache_until:
+        _listeners[label] = (now + LISTENERS_TTL, workflows)
+    return workflows
+
+
+#: While a transaction that saved a workflow is open, a list read in it may be rolled back: not cached.
+_hold_cache_until = 0.0
+
+
+def _release_cache() -> None:
+    global _hold_cache_until
+    _hold_cache_until = 0.0
+
+
+def forget_listeners(**kwargs: Any) -> None:
+    global _hold_cache_until
+    _listeners.clear()
+    if transaction.get_connection().in_atomic_block:
+        _hold_cache_until = time.monotonic() + 60.0  # released at commit; a rollback lets it lapse
+        transaction.on_commit(_release_cache)
 
 
 def _matches(workflow: Workflow, context: dict[str, Any]) -> bool:
@@ -170,6 +201,8 @@ def connect_signals() -> None:
     pre_save.connect(_on_pre_save, dispatch_uid="workflows.pre_save")
     post_save.connect(_on_post_save, dispatch_uid="workflows.post_save")
     post_delete.connect(_on_post_delete, dispatch_uid="workflows.post_delete")
+    post_save.connect(forget_listeners, sender=Workflow, dispatch_uid="workflows.forget_listeners")
+    post_delete.connect(forget_listeners, sender=Workflow, dispatch_uid="workflows.forget_listeners_delete")
 
 
 # -- schedules -----------------------------------------------------------------------------

@@ -1,0 +1,230 @@
+"""Workflow execution throughput and enqueue-to-start latency, against plain django-rq.
+
+On PostgreSQL and a private redis-server started for the run:
+
+1. Throughput: N async executions of a 3-node workflow (condition ->
+   calculation -> update record) are queued first, then ``runworkers --burst``
+   with K processes drains them. Rate = N / (last finished - first started),
+   from the executions' own timestamps, so process start-up is not counted.
+2. The same for N no-op jobs (``os.getpid``) drained by django-rq's
+   ``rqworker --burst`` (rq's default forking Worker: a work horse per job),
+   K processes; rate from rq's job timestamps.
+3. Latency: with K ``runworkers`` processes idle and waiting, M executions
+   are triggered one at a time, 20 ms apart; enqueue-to-start is the
+   execution's claim time minus the moment just before it was triggered.
+
+    .venv/bin/python bench/workflows.py [--executions 2000] [--processes 2] [--latency 300]
+
+DATABASE_URL must point at a PostgreSQL server (default
+postgres://postgres@127.0.0.1:5432/postgres); the run creates and drops its
+own database ``nocobase_bench`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DB = "nocobase_bench"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def recreate_database(server_url: str) -> str:
+    parts = urlsplit(server_url)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    return urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
+
+
+def drop_database(server_url: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+
+
+def manage(*args: str, env: dict[str, str], wait: bool = True, worker_mode: str = "*") -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env={**env, "WORKER_MODE": worker_mode},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if wait else subprocess.DEVNULL,
+    )
+    if wait:
+        _, err = process.communicate(timeout=900)
+        if process.returncode != 0:
+            raise SystemExit(f"manage.py {' '.join(args)} failed:\n{err.decode()}")
+    return process
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--executions", type=int, default=2000, help="executions (and no-op jobs) to drain")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes K on each side")
+    parser.add_argument("--latency", type=int, default=300, help="executions triggered one by one")
+    args = parser.parse_args()
+
+    server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    if not server.startswith("postgres"):
+        raise SystemExit("DATABASE_URL must be a PostgreSQL URL for this benchmark")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-workflows-"))
+    redis_process, redis_url = start_redis(tmp)
+    database_url = recreate_database(server)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WORKER_MODE")},
+        "DJANGO_SETTINGS_MODULE": "nocobase_site.settings",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "VAR_DIR": str(tmp),
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)
+    try:
+        manage("migrate", "--noinput", "-v0", env=env)
+        run(args, env)
+    finally:
+        redis_process.terminate()
+        redis_process.wait(10)
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(server)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, env: dict[str, str]) -> None:
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from decimal import Decimal
+
+    import django_rq
+    from rq.job import Job as RQJob
+
+    from catalog.models import Product
+    from workflows import triggers
+    from workflows.models import Execution, Node, Workflow
+
+    Product.objects.create(sku="BENCH", name="bench", price=Decimal("1.00"), quantity=10**9)
+    workflow = Workflow.objects.create(key="bench", title="bench", enabled=True, trigger_type="manual")
+    Node.objects.bulk_create(
+        [
+            Node(workflow=workflow, key="enough", type="condition",
+                 config={"expression": "{{ $context.quantity }} > 0"}),
+            Node(workflow=workflow, key="left", type="calculation", upstream="enough", branch="true",
+                 config={"expression": "1000000000 - {{ $context.quantity }}"}),
+            Node(workflow=workflow, key="save", type="update", upstream="left",
+                 config={"collection": "catalog.Product", "filter": {"sku": "BENCH"},
+                         "values": {"quantity": "{{ $jobs.left }}"}}),
+        ]
+    )  # fmt: skip
+    n, k = args.executions, args.processes
+
+    # 1. our engine: queue N, then drain with K runworkers processes
+    t0 = time.perf_counter()
+    for i in range(n):
+        triggers.trigger_manually(workflow, {"quantity": i % 7 + 1})
+    trigger_rate = n / (time.perf_counter() - t0)
+    manage("runworkers", "--burst", "--processes", str(k), env=env, worker_mode="workflow:process")
+    rows = Execution.objects.filter(workflow=workflow)
+    statuses = set(rows.values_list("status", flat=True))
+    assert statuses == {"resolved"}, statuses
+    first = min(rows.values_list("started_at", flat=True))
+    last = max(rows.values_list("finished_at", flat=True))
+    ours = n / (last - first).total_seconds()
+
+    # 2. plain django-rq: N no-op jobs, K forking rqworker processes
+    queue = django_rq.get_queue("async-task:process")
+    ids = [queue.enqueue("os.getpid", result_ttl=3600).id for _ in range(n)]
+    workers = [manage("rqworker", "--burst", "async-task:process", env=env, wait=False) for _ in range(k)]
+    for worker in workers:
+        worker.wait(900)
+    jobs = RQJob.fetch_many(ids, connection=queue.connection)
+    assert all(job is not None and job.get_status() == "finished" for job in jobs)
+    plain = n / (max(j.ended_at for j in jobs) - min(j.started_at for j in jobs)).total_seconds()
+
+    # 3. latency: K idle runworkers processes, executions triggered one at a time
+    node = manage("runworkers", "--processes", str(k), env=env, wait=False, worker_mode="workflow:process")
+    try:
+        time.sleep(3)  # let the workers start and block on the queue
+        latencies, sent = [], {}
+        for i in range(args.latency):
+            before = time.time()
+            execution = triggers.trigger_manually(workflow, {"quantity": i % 7 + 1})
+            sent[execution.pk] = before
+            time.sleep(0.02)
+        deadline = time.time() + 60
+        while Execution.objects.filter(pk__in=sent, status="queued").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        for pk, started in Execution.objects.filter(pk__in=sent).values_list("pk", "started_at"):
+            latencies.append((started.timestamp() - sent[pk]) * 1000)
+    finally:
+        node.terminate()
+        node.wait(60)
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"Python {platform.python_version()}, Django {django.get_version()}, PostgreSQL, private redis-server"
+    )
+    print(
+        f"{n} executions of a 3-node workflow (condition, calculation, update record), {k} worker processes"
+    )
+    print(f"trigger (create row + enqueue), in the benchmark process: {trigger_rate:8.0f} executions/s")
+    print(
+        f"runworkers (DjangoWorker, no fork per job):               {ours:8.0f} executions/s "
+        f"= {ours / k:.0f} per process"
+    )
+    print(
+        f"plain django-rq rqworker (forking), no-op job:           {plain:8.0f} jobs/s "
+        f"= {plain / k:.0f} per process"
+    )
+    print(
+        f"ratio, workflow executions / plain no-op jobs, per process: {ours / plain:.2f}x (goal >= 2x)"
+    )
+    print(f"enqueue-to-start, {len(latencies)} executions one at a time, {k} idle workers: "
+          f"p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms, "
+          f"max {max(latencies):.1f} ms (goal p50 < 10 ms)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
