@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench bench-workflows clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ format: install
 bench: install
 	command -v valgrind >/dev/null || (. scripts/apt.sh && apt_install valgrind)
 	$(PY) bench/middleware.py --cpu 1
+
+# Needs PostgreSQL at DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+bench-workflows: install
+	scripts/ensure_redis.sh install
+	$(PY) bench/workflows.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
