@@ -218,9 +218,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> None:
         f"plain django-rq rqworker (forking), no-op job:           {plain:8.0f} jobs/s "
         f"= {plain / k:.0f} per process"
     )
-    print(
-        f"ratio, workflow executions / plain no-op jobs, per process: {ours / plain:.2f}x (goal >= 2x)"
-    )
+    print(f"ratio, workflow executions / plain no-op jobs, per process: {ours / plain:.2f}x (goal >= 2x)")
     print(f"enqueue-to-start, {len(latencies)} executions one at a time, {k} idle workers: "
           f"p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms, "
           f"max {max(latencies):.1f} ms (goal p50 < 10 ms)")  # fmt: skip
