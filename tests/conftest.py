@@ -243,5 +243,5 @@ def _forget_workflow_caches():
     from workflows import engine, triggers
 
     triggers.forget_listeners()
-    engine._graphs.clear()
+    engine.forget_workflows()
     yield

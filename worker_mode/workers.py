@@ -27,6 +27,7 @@ from django.db import connections
 from django.utils.module_loading import import_string
 from redis import RedisError
 from rq import SimpleWorker, Worker
+from rq.worker import WorkerStatus
 
 from .cluster import set_current_worker_name
 from .conf import conf
@@ -46,26 +47,83 @@ _COLD_STOP_TIMEOUT = 10.0
 _FORK = multiprocessing.get_context("fork")
 
 
-def close_old_db_connections() -> None:
+def close_old_db_connections(*, trust_open: bool = False) -> None:
     """Close unusable or expired connections, as Django does around a request.
 
     A connection inside an atomic block is left alone: closing it would break
     the transaction (this happens when jobs run in-process, e.g. in tests).
+    With ``trust_open``, a connection that stays open is not health-checked
+    (``SELECT 1``) on its next use: it has just served a job without error.
     """
     for conn in connections.all(initialized_only=True):
         if not conn.in_atomic_block:
             conn.close_if_unusable_or_obsolete()
+            if trust_open and conn.connection is not None:
+                conn.health_check_done = True
+
+
+#: A worker busy with back-to-back jobs refreshes its rq heartbeat (and its
+#: idle state) at most this often; a job's own heartbeat, which carries the
+#: job's timeout, is always sent. The worker key's TTL is minutes long.
+HEARTBEAT_INTERVAL = 5.0
+#: A database connection left idle longer than this is health-checked before the next job.
+DB_HEALTH_CHECK_IDLE = 1.0
+#: How often a busy worker checks whether ``rq suspend`` was called (rq checks before every job).
+SUSPENSION_CHECK_INTERVAL = 1.0
 
 
 class DjangoWorkerMixin:
-    """Treat each job like a request: no stale or broken DB connection survives it."""
+    """Treat each job like a request: no stale or broken DB connection survives it.
+
+    Between back-to-back jobs it also skips what a busy worker does not need
+    to repeat: the ``SELECT 1`` health check of a connection that served the
+    previous job a moment ago, and rq's repeated idle-state and heartbeat
+    writes (a handful of Redis round trips per job).
+    """
+
+    _job_ended_at: float | None = None
+    _default_heartbeat_at: float | None = None
+    _suspension_checked_at: float | None = None
 
     def execute_job(self, job: Any, queue: Any) -> Any:
-        close_old_db_connections()
+        self._before_job()
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
         finally:
+            self._after_job()
+
+    def _before_job(self) -> None:
+        ended = self._job_ended_at
+        if ended is None or time.monotonic() - ended >= DB_HEALTH_CHECK_IDLE:
             close_old_db_connections()
+
+    def _after_job(self) -> None:
+        close_old_db_connections(trust_open=True)
+        self._job_ended_at = time.monotonic()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if timeout is not None:  # a job's heartbeat, with the job's timeout: always sent
+            self._default_heartbeat_at = None
+            return super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        now = time.monotonic()
+        last = self._default_heartbeat_at
+        if last is not None and now - last < HEARTBEAT_INTERVAL:
+            return None
+        self._default_heartbeat_at = now
+        return super().heartbeat(pipeline=pipeline)  # type: ignore[misc]
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is None and state == getattr(self, "_state", None):
+            return  # already written
+        super().set_state(state, pipeline)  # type: ignore[misc]
+
+    def check_for_suspension(self, burst: bool) -> None:
+        now = time.monotonic()
+        last = self._suspension_checked_at
+        if last is not None and now - last < SUSPENSION_CHECK_INTERVAL:
+            return
+        self._suspension_checked_at = now
+        super().check_for_suspension(burst)  # type: ignore[misc]
 
 
 class DjangoWorker(DjangoWorkerMixin, SimpleWorker):
@@ -74,6 +132,24 @@ class DjangoWorker(DjangoWorkerMixin, SimpleWorker):
     Isolation comes from the supervisor instead: a process that dies is
     replaced.
     """
+
+    #: rq's "result is kept for N seconds" line after every job: noise at hundreds of jobs/s.
+    log_result_lifespan = False
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        # SimpleWorker.execute_job, with the idle state and the heartbeat that follow a job
+        # written in one round trip instead of three.
+        self._before_job()
+        try:
+            self.prepare_execution(job)
+            self.perform_job(job, queue)
+        finally:
+            self._after_job()
+        with self.connection.pipeline(transaction=False) as pipeline:
+            self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
+            SimpleWorker.heartbeat(self, pipeline=pipeline)
+            pipeline.execute()
+        self._default_heartbeat_at = time.monotonic()
 
 
 class DjangoForkWorker(DjangoWorkerMixin, Worker):

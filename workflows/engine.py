@@ -14,18 +14,19 @@ import contextlib
 import contextvars
 import datetime
 import logging
+import time
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Q, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F
 from django.utils import timezone
 
 from worker_mode import current_worker_name, enqueue
 from worker_mode.conf import conf as worker_conf
 
 from . import nodes as node_types
+from . import sql
 from .apps import SERVICE_KEY
 from .conf import conf
 from .exceptions import NodeFailed, WorkflowFailed
@@ -131,39 +132,63 @@ def dispatch(execution: Execution) -> str:
     )
 
 
-def claim(execution_id: int, worker: str) -> datetime.datetime | None:
-    """queued -> started for ``worker``, if nobody else has it; the claim time when this call got it."""
+_workflows: dict[int, tuple[float, Workflow]] = {}
+#: How long a worker process reuses a workflow row it read. What the engine
+#: reads from it (key, sync, stack limit, timeout) cannot change once the
+#: version has executions, so this only bounds how long a renamed title is stale.
+_WORKFLOW_TTL = 1.0
+
+
+def _workflow(pk: int) -> Workflow:
+    now = time.monotonic()
+    cached = _workflows.get(pk)
+    if cached is not None and now - cached[0] < _WORKFLOW_TTL:
+        return cached[1]
+    if len(_workflows) > 256:
+        _workflows.clear()
+    workflow = Workflow.objects.get(pk=pk)
+    _workflows[pk] = (now, workflow)
+    return workflow
+
+
+def forget_workflows() -> None:
+    _workflows.clear()
+    _graphs.clear()
+
+
+def claim(execution_id: int, worker: str) -> Execution | None:
+    """queued -> started for ``worker``, if nobody else has it; the claimed execution, else None.
+
+    The returned execution's ``first_claim`` tells whether this was its first
+    claim (then no job of it can exist yet).
+    """
     now = timezone.now()
-    claimed = (
-        Execution.objects.filter(Q(run_after__isnull=True) | Q(run_after__lte=now), pk=execution_id)
-        .filter(status=Status.QUEUED)
-        .update(
-            status=Status.STARTED,
-            worker=worker,
-            node_name=worker_conf.WORKER_MODE_NODE_NAME,
-            started_at=Coalesce(F("started_at"), Value(now)),
-            lease_expires_at=now + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE),
-            attempts=F("attempts") + 1,
-            run_after=None,
-        )
+    execution = sql.claim(
+        execution_id,
+        worker=worker,
+        node_name=worker_conf.WORKER_MODE_NODE_NAME,
+        now=now,
+        lease_until=now + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE),
     )
-    return now if claimed else None
+    if execution is None:
+        return None
+    execution.workflow = _workflow(execution.workflow_id)
+    execution.first_claim = execution.started_at == now
+    return execution
 
 
 def run(execution_id: int, worker: str | None = None) -> str:
     """Claim and run an execution; returns its status after this run, or "not claimed"."""
     worker = worker or current_worker_name()
-    claimed_at = claim(execution_id, worker)
-    if claimed_at is None:
+    execution = claim(execution_id, worker)
+    if execution is None:
         logger.info(
             "Execution %s not claimed by %s: it is not queued (already taken or finished)",
             execution_id,
             worker,
         )
         return "not claimed"
-    execution = Execution.objects.select_related("workflow").get(pk=execution_id)
-    # started_at is set by the first claim only: equal to this claim's time, no job can exist yet.
-    return Runner(execution, worker, first_run=execution.started_at == claimed_at).run()
+    return Runner(execution, worker, first_run=execution.first_claim).run()
 
 
 #: How often a running execution re-reads its row to notice a cancel or a takeover.
@@ -201,6 +226,8 @@ class Runner:
             {} if first_run else {job.node_key: job for job in Job.objects.filter(execution=execution)}
         )
         self.buffer: list[Job] = []
+        #: Set when the last node's transaction has already marked the execution resolved.
+        self.finished = False
         self.scope: dict[str, Any] = {
             "$context": execution.context,
             "$jobs": {k: j.result for k, j in self.jobs.items() if j.status == Job.Status.RESOLVED},
@@ -253,16 +280,20 @@ class Runner:
             status, error = Status.ERROR, f"{type(exc).__name__}: {exc}"
         finally:
             _stack.reset(token)
-        with transaction.atomic() if self.buffer or status != Status.RESOLVED else contextlib.nullcontext():
-            self._flush()
-            finished = self.mine().update(
-                status=status, error=error, finished_at=timezone.now(), lease_expires_at=None
-            )
-            if finished and status != Status.RESOLVED:
-                Job.objects.filter(execution=self.execution, status=Job.Status.PENDING).update(
-                    status=Job.Status.ABORTED, finished_at=timezone.now()
-                )
-        logger.info(
+        if self.finished:  # by the last node's own transaction
+            finished = 1
+        else:
+            together = self.buffer or status != Status.RESOLVED
+            with transaction.atomic() if together else contextlib.nullcontext():
+                self._flush()
+                finished = self._finish(status, error)
+                if finished and status != Status.RESOLVED:
+                    Job.objects.filter(execution=self.execution, status=Job.Status.PENDING).update(
+                        status=Job.Status.ABORTED, finished_at=timezone.now()
+                    )
+        # A resolved execution is the common case and rq already logs "Job OK" for it.
+        logger.log(
+            logging.DEBUG if status == Status.RESOLVED else logging.INFO,
             "Execution %s of %s: %s%s",
             self.execution.pk,
             self.workflow.key,
@@ -271,22 +302,32 @@ class Runner:
         )
         return status if finished else self._current_status()
 
+    def _finish(self, status: str, error: str) -> int:
+        return sql.finish(
+            self.execution.pk, worker=self.worker, status=status, error=error, now=timezone.now()
+        )
+
     def _current_status(self) -> str:
         return Execution.objects.filter(pk=self.execution.pk).values_list("status", flat=True).first() or ""
 
-    def walk(self, node) -> node_types.Outcome | None:
-        """Run ``node`` and what follows it; returns the outcome of an end node if one is reached."""
+    def walk(self, node, last: bool = True) -> node_types.Outcome | None:
+        """Run ``node`` and what follows it; returns the outcome of an end node if one is reached.
+
+        ``last``: nothing runs after this line of nodes, so its last node is
+        the last of the execution.
+        """
         while node is not None:
-            outcome = self.run_node(node)
+            following = self.graph.next(node)
+            outcome = self.run_node(node, last=last and following is None)
             if outcome.end:
                 return outcome
             if outcome.branch:
                 head = self.graph.branch_head(node, outcome.branch)
                 if head is not None:
-                    end = self.walk(head)
+                    end = self.walk(head, last=last and following is None)
                     if end is not None:
                         return end
-            node = self.graph.next(node)
+            node = following
         return None
 
     def check_claim(self) -> None:
@@ -305,7 +346,7 @@ class Runner:
                 raise _LostClaim
             self.checked_at = now
 
-    def run_node(self, node: Node) -> node_types.Outcome:
+    def run_node(self, node: Node, *, last: bool = False) -> node_types.Outcome:
         job = self.jobs.get(node.key)
         if job is not None and job.status == Job.Status.RESOLVED:
             return self._replayed(node, job)
@@ -326,7 +367,9 @@ class Runner:
             self._record(node, Job.Status.RESOLVED, outcome.result, "", started_at)
         else:
             # The node's effects and its job row (with the buffered ones) commit together, so a
-            # worker that dies mid-node leaves nothing half-written to re-run over.
+            # worker that dies mid-node leaves nothing half-written to re-run over. The last node
+            # of the execution also finishes it in the same transaction; if the execution was
+            # canceled or taken over meanwhile, the node's effects are rolled back.
             buffered, known = list(self.buffer), dict(self.jobs)
             try:
                 with transaction.atomic():
@@ -334,12 +377,18 @@ class Runner:
                     status = Job.Status.PENDING if outcome.pause_until else Job.Status.RESOLVED
                     self._record(node, status, outcome.result, "", started_at)
                     self._flush()
+                    if last and not outcome.pause_until and not outcome.branch and not outcome.end:
+                        if not self._finish(Status.RESOLVED, ""):
+                            raise _LostClaim
+                        self.finished = True
             except Exception as exc:
                 for pending in buffered:  # rolled back with the node: write them again later
                     pending.pk, pending._state.adding = None, True
                 self.buffer, self.jobs = buffered, known
                 if node.key in known:
                     known[node.key].refresh_from_db()
+                if isinstance(exc, _LostClaim):
+                    raise
                 raise self._failed(node, exc, started_at) from exc
         if outcome.pause_until is not None:
             raise _Paused(outcome.pause_until)
@@ -383,7 +432,7 @@ class Runner:
 
     def _flush(self) -> None:
         if self.buffer:
-            Job.objects.bulk_create(self.buffer)
+            sql.insert_jobs(self.buffer)
             for job in self.buffer:
                 self.jobs[job.node_key] = job
             self.buffer = []

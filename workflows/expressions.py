@@ -12,6 +12,7 @@ read as code.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
 from decimal import Decimal
@@ -113,12 +114,17 @@ def compile_check(expression: str) -> None:
         raise ExpressionError(f"Invalid expression {expression!r}: {exc}") from None
 
 
+#: A node's expression text is the same at every run (values are bound as names), so parse it once.
+_parse = functools.lru_cache(maxsize=1024)(EvalWithCompoundTypes.parse)
+
+
 def evaluate(expression: str, scope: dict[str, Any]) -> Any:
     """Evaluate ``expression`` with its placeholders bound to values from ``scope``."""
     check_placeholders(expression)
     text, names = _bind(expression, scope)
     try:
-        return jsonable(EvalWithCompoundTypes(names=names, functions=FUNCTIONS).eval(text))
+        evaluator = EvalWithCompoundTypes(names=names, functions=FUNCTIONS)
+        return jsonable(evaluator.eval(text, previously_parsed=_parse(text)))
     except ExpressionError:
         raise
     except Exception as exc:  # simpleeval raises many kinds; all mean "this expression failed"
