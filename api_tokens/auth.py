@@ -45,8 +45,11 @@ def _csrf_failure(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
-def api_view(*, permission: str | None = None, methods: tuple[str, ...] = ("GET",)) -> Callable:
-    """JSON API view: authenticated (token or session + CSRF), active staff, optional permission."""
+def api_view(
+    *, permission: str | None = None, methods: tuple[str, ...] = ("GET",), staff: bool = True
+) -> Callable:
+    """JSON API view: authenticated (token or session + CSRF), active (staff unless ``staff=False``),
+    optional permission; the view checks any per-object permission itself."""
 
     def decorate(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
         @csrf_exempt
@@ -69,7 +72,9 @@ def api_view(*, permission: str | None = None, methods: tuple[str, ...] = ("GET"
                 if failure is not None:
                     return failure
             request.user = user
-            if not user.is_active or not user.is_staff:
+            if not user.is_active:
+                return error(403, "Inactive user.")
+            if staff and not user.is_staff:
                 return error(403, "Staff users only.")
             if permission and not user.has_perm(permission):
                 return error(403, f"Permission {permission} required.")

@@ -1,10 +1,12 @@
 from django.contrib import admin
 
+from async_tasks.admin import ImportExportMixin
+
 from .models import Order, Product, WebhookDelivery
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(ImportExportMixin, admin.ModelAdmin):
     list_display = ["sku", "name", "price", "quantity", "active", "created"]
     list_filter = ["active", "created"]
     search_fields = ["sku", "name"]
@@ -12,7 +14,7 @@ class ProductAdmin(admin.ModelAdmin):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(ImportExportMixin, admin.ModelAdmin):
     list_display = ["id", "product", "quantity", "customer", "status", "created_at"]
     list_filter = ["status", "created_at"]
     search_fields = ["customer", "product__sku", "product__name"]

@@ -142,6 +142,13 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Uploads, exports and error reports of import/export tasks: private (no URL; files leave
+    # only through the authenticated download view). In a cluster every node must see the same
+    # files: a shared volume here, or an S3-compatible storage (docs/DEPLOYMENT.md).
+    "async_tasks": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": os.environ.get("ASYNC_TASKS_DIR", str(VAR_DIR / "private" / "async_tasks"))},
+    },
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True  # serve admin assets even before collectstatic
@@ -175,3 +182,15 @@ LOGGING = {
         "rq.worker": {"level": LOG_LEVEL},
     },
 }
+
+# -- imports and exports (async_tasks) ----------------------------------------------------------
+ASYNC_TASKS_MODELS = {
+    "catalog.Product": {
+        "fields": ["sku", "name", "price", "quantity", "active", "created"],
+        "identifier": "sku",
+    },
+    "catalog.Order": {"fields": ["product", "quantity", "customer", "status"]},
+}
+ASYNC_TASKS_MAX_UPLOAD_SIZE = int(os.environ.get("ASYNC_TASKS_MAX_UPLOAD_SIZE", str(200 * 1024 * 1024)))
+ASYNC_TASKS_RECOVER_RUNNING = os.environ.get("ASYNC_TASKS_RECOVER_RUNNING", "fail")
+ASYNC_TASKS_BATCH_SIZE = int(os.environ.get("ASYNC_TASKS_BATCH_SIZE", "2000"))

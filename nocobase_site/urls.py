@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("", include("worker_mode.urls")),
     path("", include("workflows.urls")),
+    path("", include("async_tasks.urls")),
     path("", include("catalog.urls")),
     path("admin/", admin.site.urls),
     # django-rq's queue views are staff-only.

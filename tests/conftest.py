@@ -245,3 +245,30 @@ def _forget_workflow_caches():
     triggers.forget_listeners()
     engine.forget_workflows()
     yield
+
+
+# -- async tasks ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def task_storage(settings, tmp_path: Path) -> Path:
+    """A private async_tasks storage in this test's temporary directory."""
+    location = tmp_path / "task-files"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "async_tasks": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location)},
+        },
+    }
+    return location
+
+
+def product_csv(rows: int, *, start: int = 0, delimiter: str = ",", encoding: str = "utf-8") -> bytes:
+    """A products CSV with ``rows`` valid rows (skus P000000...)."""
+    lines = [delimiter.join(["sku", "name", "price", "quantity", "active", "created"])]
+    for i in range(start, start + rows):
+        lines.append(
+            delimiter.join([f"P{i:06d}", f"Product {i}", f"{i % 1000}.25", str(i % 50), "true", "2024-05-01"])
+        )
+    return ("\n".join(lines) + "\n").encode(encoding)

@@ -1,0 +1,240 @@
+"""Reading rows from CSV/XLSX files and writing them, streamed: memory does not grow with rows."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import zipfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+from .conf import conf
+from .exceptions import FileRejected
+
+#: Bytes read up front to detect the encoding and the delimiter.
+SAMPLE_SIZE = 64 * 1024
+#: Characters a spreadsheet reads as the start of a formula (OWASP's list; tab and CR too).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+DELIMITERS = ",;\t|"
+
+
+def guess_format(name: str) -> str:
+    lowered = name.lower()
+    for fmt in ("csv", "xlsx"):
+        if lowered.endswith("." + fmt):
+            return fmt
+    if lowered.endswith(".txt") or lowered.endswith(".tsv"):
+        return "csv"
+    raise FileRejected(f"Cannot tell the format of {name!r}: name it .csv or .xlsx, or choose the format.")
+
+
+def detect_encoding(sample: bytes) -> str:
+    """utf-8-sig/utf-16 by BOM, else UTF-8 if the sample decodes, else a legacy encoding.
+
+    For a legacy file charset-normalizer's guess is taken when it is a multi-byte
+    encoding (Shift-JIS, GB18030, Big5, ...); among single-byte ones a short
+    sample is ambiguous (cp1252 and cp1257 both decode it), so cp1252, the usual
+    encoding of Western spreadsheet exports, wins when it decodes the sample.
+    """
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+    from charset_normalizer.utils import is_multi_byte_encoding
+
+    best = from_bytes(sample).best()
+    if best is not None and is_multi_byte_encoding(best.encoding):
+        return best.encoding
+    try:
+        sample.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return best.encoding if best is not None else "latin-1"
+
+
+def sniff_delimiter(text: str) -> str:
+    lines = text[:16384].rsplit("\n", 1)[0] if "\n" in text[:16384] else text[:16384]
+    try:
+        return csv.Sniffer().sniff(lines, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+class CsvReader:
+    """Rows of a CSV file: ``header`` and an iterator of (row number, values); row 1 is the header."""
+
+    def __init__(self, raw: IO[bytes], *, encoding: str | None = None, delimiter: str | None = None) -> None:
+        sample = raw.read(SAMPLE_SIZE)
+        raw.seek(0)
+        self.encoding = encoding or detect_encoding(sample)
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise FileRejected(f"Unknown encoding {self.encoding!r}.") from None
+        text_sample = sample.decode(self.encoding, errors="ignore")
+        self.delimiter = delimiter or sniff_delimiter(text_sample)
+        self.total = _count_lines(raw)
+        self.line = 0
+        if codecs.lookup(self.encoding).name.startswith(("utf-16", "utf-32")):
+            lines: Iterator[str] = io.TextIOWrapper(raw, encoding=self.encoding, newline="")
+        else:
+            lines = self._decoded_lines(raw)
+        self._reader = csv.reader(lines, delimiter=self.delimiter)
+        try:
+            self.header = next(self._reader, [])
+        except csv.Error as exc:
+            raise FileRejected(f"Cannot read the header row: {exc}.") from None
+
+    def _decoded_lines(self, raw: IO[bytes]) -> Iterator[str]:
+        # Line by line, so a bad byte names its line and every line before it is imported.
+        encoding = self.encoding
+        for self.line, data in enumerate(raw, start=1):  # noqa: B020 (the attribute is the position)
+            try:
+                yield data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise FileRejected(
+                    f"Line {self.line} is not valid {encoding}: {exc.reason}; choose the file's encoding."
+                ) from None
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        number = 1
+        try:
+            for number, row in enumerate(self._reader, start=2):  # noqa: B007 (used in the error)
+                yield number, row
+        except UnicodeDecodeError as exc:
+            raise FileRejected(
+                f"Row {number + 1} is not valid {self.encoding}: {exc.reason}; choose the file's encoding."
+            ) from None
+        except csv.Error as exc:
+            raise FileRejected(f"Row {number + 1} cannot be parsed as CSV: {exc}.") from None
+
+
+def _count_lines(raw: IO[bytes]) -> int:
+    # An estimate for the progress bar (quoted newlines count too); the header is not a row.
+    lines, last = 0, b""
+    while chunk := raw.read(1024 * 1024):
+        lines += chunk.count(b"\n")
+        last = chunk
+    raw.seek(0)
+    if last and not last.endswith(b"\n"):
+        lines += 1
+    return max(0, lines - 1)
+
+
+def check_xlsx(raw: IO[bytes]) -> None:
+    """Refuse a file that is not a zip, or would unpack to too much (a zip bomb), before parsing it."""
+    try:
+        with zipfile.ZipFile(raw) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile:
+        raise FileRejected("The file is not an XLSX workbook (not a zip archive).") from None
+    finally:
+        raw.seek(0)
+    unpacked = 0
+    limit = conf.ASYNC_TASKS_XLSX_MAX_RATIO
+    for member in members:
+        unpacked += member.file_size
+        ratio = member.file_size // max(member.compress_size, 1)
+        if member.file_size > 1024 * 1024 and ratio > limit:
+            raise FileRejected(
+                f"The workbook member {member.filename!r} unpacks {ratio} times its size"
+                f" (limit {limit}): refused as a zip bomb."
+            )
+    if unpacked > conf.ASYNC_TASKS_XLSX_MAX_UNPACKED:
+        raise FileRejected(
+            f"The workbook unpacks to {unpacked} bytes (limit {conf.ASYNC_TASKS_XLSX_MAX_UNPACKED}): refused."
+        )
+
+
+class XlsxReader:
+    """Rows of one sheet of an XLSX workbook, read-only (streamed)."""
+
+    def __init__(self, raw: IO[bytes], *, sheet: str | None = None) -> None:
+        import openpyxl
+
+        check_xlsx(raw)
+        try:
+            self._book = openpyxl.load_workbook(raw, read_only=True, data_only=True)
+        except Exception as exc:  # openpyxl raises many types for a damaged workbook
+            raise FileRejected(f"The workbook cannot be opened: {exc}.") from None
+        if sheet:
+            if sheet not in self._book.sheetnames:
+                names = ", ".join(self._book.sheetnames)
+                raise FileRejected(f"The workbook has no sheet {sheet!r}; its sheets: {names}.")
+            self._sheet = self._book[sheet]
+        else:
+            self._sheet = self._book.worksheets[0]
+        self.total = max(0, (self._sheet.max_row or 1) - 1)
+        self._rows = self._sheet.iter_rows(values_only=True)
+        first = next(self._rows, ())
+        self.header = ["" if v is None else str(v) for v in first]
+
+    def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
+        for number, row in enumerate(self._rows, start=2):
+            yield number, ["" if v is None else v for v in row]
+
+    def close(self) -> None:
+        self._book.close()
+
+
+def neutralize(value: str) -> str:
+    """A text a spreadsheet would run as a formula, made inert by a leading apostrophe."""
+    if value and value[0] in FORMULA_PREFIXES:
+        return "'" + value
+    return value
+
+
+class CsvWriter:
+    def __init__(self, out: IO[bytes]) -> None:
+        # UTF-8 with a BOM: Excel then opens non-ASCII text correctly; the importer accepts both.
+        self._text = io.TextIOWrapper(out, encoding="utf-8-sig", newline="", write_through=False)
+        self._writer = csv.writer(self._text)
+
+    def writerows(self, rows: Any) -> None:
+        self._writer.writerows(rows)
+
+    def close(self) -> None:
+        self._text.flush()
+        self._text.detach()
+
+
+class XlsxWriter:
+    """XLSX through XlsxWriter in constant-memory mode: each row goes to disk as it is written.
+
+    Strings are never turned into formulas or links (XlsxWriter would for a leading '=' or
+    'http://'), on top of the neutralization the exporter applies.
+    """
+
+    def __init__(self, out: IO[bytes], title: str = "Sheet1") -> None:
+        import xlsxwriter
+
+        self._book = xlsxwriter.Workbook(
+            out,
+            {
+                "constant_memory": True,
+                "strings_to_formulas": False,
+                "strings_to_urls": False,
+                "strings_to_numbers": False,
+                "default_date_format": "yyyy-mm-dd",
+                "remove_timezone": True,
+            },
+        )
+        self._sheet = self._book.add_worksheet(title[:31])
+        self._row = 0
+
+    def writerows(self, rows: Any) -> None:
+        write_row, row = self._sheet.write_row, self._row
+        for values in rows:
+            write_row(row, 0, values)
+            row += 1
+        self._row = row
+
+    def close(self) -> None:
+        self._book.close()

@@ -1,0 +1,442 @@
+"""Import rows into an allowed model: header check, per-field validation, batched writes.
+
+A bad row never stops the import: it goes to the error report (row number,
+column, message, the original values) and the good rows are written, one
+transaction per batch, with one existence query per batch for duplicates and
+one bulk INSERT (or INSERT ... ON CONFLICT DO UPDATE) per batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+from django.db.models.signals import post_save
+
+from .exceptions import FileRejected
+from .spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+class Mode:
+    INSERT = "insert"  # a row whose identifier exists is an error
+    SKIP = "skip"  # ... is skipped
+    UPDATE = "update"  # ... updates the record; new identifiers are inserted
+    UPDATE_ONLY = "update_only"  # ... updates the record; new identifiers are skipped
+
+    choices = (INSERT, SKIP, UPDATE, UPDATE_ONLY)
+
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+@dataclass
+class Summary:
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.created + self.updated + self.skipped + self.failed
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "created": self.created,
+            "updated": self.updated,
+            "skipped": self.skipped,
+            "failed": self.failed,
+        }
+
+
+@dataclass
+class _Row:
+    number: int
+    values: dict[str, Any]
+    raw: list[Any]
+    key: Any = None
+
+
+@dataclass
+class ErrorReport:
+    """Errors as CSV (row, column, message, then the row's original values), spooled to disk."""
+
+    header: list[str]
+    file: IO[bytes] = field(default_factory=lambda: _spool())
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self._text = io.TextIOWrapper(self.file, encoding="utf-8-sig", newline="")
+        self._writer = csv.writer(self._text)
+        self._writer.writerow(["row", "column", "message", *self.header])
+
+    def add(self, number: int, column: str, message: str, raw: list[Any]) -> None:
+        from .formats import neutralize
+
+        self.count += 1
+        self._writer.writerow([number, column, message, *(neutralize(str(v)) for v in raw)])
+
+    def finish(self) -> IO[bytes]:
+        self._text.flush()
+        self._text.detach()
+        self.file.seek(0)
+        return self.file
+
+
+def _spool() -> IO[bytes]:
+    import tempfile
+
+    return tempfile.SpooledTemporaryFile(max_size=1024 * 1024)
+
+
+def _column_map(spec: ModelSpec, header: list[str]) -> list[models.Field]:
+    lookup: dict[str, models.Field] = {}
+    for f in spec.fields:
+        lookup[f.name.lower()] = f
+        lookup[str(f.verbose_name).lower()] = f
+        lookup[f.attname.lower()] = f
+    columns, unknown, seen = [], [], set()
+    for title in header:
+        name = str(title).strip().lstrip("\ufeff").lower()
+        f = lookup.get(name)
+        if f is None:
+            unknown.append(str(title))
+            continue
+        if f.name in seen:
+            raise FileRejected(f"Column {title!r} appears twice in the header.")
+        seen.add(f.name)
+        columns.append(f)
+    if unknown:
+        raise FileRejected(
+            f"Unknown column(s) {', '.join(repr(u) for u in unknown)}; allowed: {spec.field_names}."
+        )
+    return columns
+
+
+def check_header(spec: ModelSpec, header: list[str], mode: str) -> list[models.Field]:
+    """The field of each column; FileRejected for unknown, repeated or missing required columns."""
+    if not [h for h in header if str(h).strip()]:
+        raise FileRejected(f"The file has no header row; expected columns: {spec.field_names}.")
+    columns = _column_map(spec, header)
+    present = {f.name for f in columns}
+    if mode != Mode.INSERT and spec.identifier is None:
+        raise FileRejected(f"Mode {mode!r} needs an identifier field, and {spec.label} has none.")
+    if mode in (Mode.UPDATE, Mode.UPDATE_ONLY) and len(present - {spec.identifier.name}) == 0:
+        raise FileRejected("An update needs at least one column besides the identifier.")
+    needed = [spec.identifier] if mode == Mode.UPDATE_ONLY else spec.required()
+    if spec.identifier is not None and mode != Mode.INSERT and spec.identifier not in needed:
+        needed.append(spec.identifier)
+    missing = [f.name for f in needed if f.name not in present]
+    if missing:
+        raise FileRejected(f"Missing required column(s): {', '.join(missing)}.")
+    return columns
+
+
+def _converter(f: models.Field) -> Callable[[Any], Any]:
+    """Raw cell -> Python value, validated by the model field itself; ValidationError when bad."""
+    if f.null:
+        empty: Any = None
+    elif f.empty_strings_allowed and f.blank:
+        empty = ""
+    elif f.has_default():
+        empty = _DEFAULT
+    else:
+        empty = _REQUIRED
+
+    if isinstance(f, models.BooleanField):
+
+        def parse(value: Any) -> Any:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValidationError(f"{value!r} is not a boolean; use true/false, yes/no or 1/0.")
+
+    elif isinstance(f, models.ForeignKey):
+        target = f.target_field
+
+        def parse(value: Any) -> Any:
+            return target.to_python(value)  # existence is checked per batch
+
+    elif isinstance(f, models.IntegerField):
+        clean = f.clean
+
+        def parse(value: Any) -> Any:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValidationError(f"{value!r} is not a whole number.")
+            return clean(value, None)
+
+    else:
+        clean = f.clean
+
+        def parse(value: Any) -> Any:
+            return clean(value, None)
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value == "":
+                if empty is _REQUIRED:
+                    raise ValidationError("This field cannot be blank.")
+                return empty
+        elif value is None:
+            return None if empty is _REQUIRED else empty
+        return parse(value)
+
+    return convert
+
+
+_DEFAULT = object()
+_REQUIRED = object()
+
+
+def _messages(exc: ValidationError) -> str:
+    return " ".join(str(m) for m in exc.messages)
+
+
+class Importer:
+    """Import ``rows`` (an iterator of (row number, values)) into ``spec``'s model."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        header: list[str],
+        *,
+        mode: str = Mode.INSERT,
+        batch_size: int = 2000,
+        fire_workflows: bool = False,
+        progress: Callable[[Summary], None] | None = None,
+    ) -> None:
+        if mode not in Mode.choices:
+            raise FileRejected(f"Unknown mode {mode!r}; modes: {', '.join(Mode.choices)}.")
+        self.spec, self.mode, self.batch_size = spec, mode, batch_size
+        self.fire_workflows, self.progress = fire_workflows, progress
+        self.model = spec.model
+        self.header = [str(h) for h in header]
+        self.columns = check_header(spec, header, mode)
+        self.converters = [(i, f, f.attname, _converter(f)) for i, f in enumerate(self.columns)]
+        self.identifier = spec.identifier if spec.identifier in self.columns else None
+        self.key_attname = self.identifier.attname if self.identifier is not None else None
+        self.update_fields = [f.name for f in self.columns if f is not self.identifier]
+        self.foreign_keys = [f for f in self.columns if isinstance(f, models.ForeignKey)]
+        self.can_upsert = all(f in self.columns for f in spec.required())
+        self.summary = Summary()
+        self.errors = ErrorReport(self.header)
+        self._batch: list[_Row] = []
+        self._keys: set[Any] = set()
+
+    def run(self, rows: Iterable[tuple[int, list[Any]]]) -> Summary:
+        try:
+            self._run(rows)
+        except FileRejected:
+            self.flush()  # the good rows read before the unreadable part are imported too
+            raise
+        self.flush()
+        return self.summary
+
+    def _run(self, rows: Iterable[tuple[int, list[Any]]]) -> None:
+        width = len(self.columns)
+        converters = self.converters
+        for number, raw in rows:
+            if not any(v not in ("", None) for v in raw):
+                continue  # blank line
+            if len(raw) > width and any(str(v).strip() for v in raw[width:]):
+                self._fail(number, "", f"The row has {len(raw)} values for {width} columns.", raw)
+                continue
+            values: dict[str, Any] = {}
+            bad = False
+            for i, f, attname, convert in converters:
+                try:
+                    value = convert(raw[i] if i < len(raw) else "")
+                except ValidationError as exc:
+                    self._error(number, f.name, _messages(exc), raw, count=not bad)
+                    bad = True
+                    continue
+                except (TypeError, ValueError, ArithmeticError) as exc:
+                    self._error(number, f.name, f"Invalid value: {exc}", raw, count=not bad)
+                    bad = True
+                    continue
+                if value is not _DEFAULT:
+                    values[attname] = value
+            if bad:
+                continue
+            row = _Row(number, values, raw)
+            if self.key_attname is not None:
+                row.key = values.get(self.key_attname)
+                if row.key in self._keys:  # the same record twice in one batch: write the first first
+                    self.flush()
+                self._keys.add(row.key)
+            self._batch.append(row)
+            if len(self._batch) >= self.batch_size:
+                self.flush()
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _error(self, number: int, column: str, message: str, raw: list[Any], *, count: bool = True) -> None:
+        if count:
+            self.summary.failed += 1
+        self.errors.add(number, column, message, raw)
+
+    def _fail(self, number: int, column: str, message: str, raw: list[Any]) -> None:
+        self._error(number, column, message, raw)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        batch, self._batch, self._keys = self._batch, [], set()
+        if batch:
+            batch = self._check_foreign_keys(batch)
+            try:
+                with transaction.atomic():
+                    outcome = self._write(batch)
+            except IntegrityError:
+                # Another unique field, or a record written meanwhile: find the bad rows one by one.
+                outcome = self._write_one_by_one(batch)
+            self._record(outcome)
+        if self.progress is not None:
+            self.progress(self.summary)
+
+    def _record(self, outcome: _Outcome) -> None:
+        self.summary.created += outcome.created
+        self.summary.updated += outcome.updated
+        self.summary.skipped += outcome.skipped
+        for row, column, message in outcome.errors:
+            self._fail(row.number, column, message, row.raw)
+
+    def _check_foreign_keys(self, batch: list[_Row]) -> list[_Row]:
+        for f in self.foreign_keys:
+            wanted = {row.values.get(f.attname) for row in batch} - {None}
+            target = f.remote_field.model._base_manager
+            key = f.target_field.attname
+            found = set(target.filter(**{f"{key}__in": wanted}).values_list(key, flat=True))
+            kept = []
+            name = f.remote_field.model._meta.verbose_name
+            for row in batch:
+                value = row.values.get(f.attname)
+                if value is not None and value not in found:
+                    self._fail(row.number, f.name, f"No {name} {value!r}.", row.raw)
+                else:
+                    kept.append(row)
+            batch = kept
+        return batch
+
+    def _existing(self, batch: list[_Row]) -> dict[Any, Any]:
+        """Identifier -> primary key of the batch's rows that already exist (one query)."""
+        if self.key_attname is None:
+            return {}
+        keys = [row.key for row in batch if row.key is not None]
+        found = self.model._base_manager.filter(**{f"{self.key_attname}__in": keys})
+        return dict(found.values_list(self.key_attname, "pk"))
+
+    def _write(self, batch: list[_Row]) -> _Outcome:
+        """Write ``batch`` (inside the caller's transaction); the counts apply once it commits."""
+        existing = self._existing(batch)
+        new = [row for row in batch if row.key not in existing] if existing else batch
+        old = [row for row in batch if row.key in existing] if existing else []
+        outcome = _Outcome()
+        if self.mode == Mode.INSERT:
+            name = self.identifier.name if self.identifier is not None else ""
+            outcome.errors = [(row, name, f"A record with {name} {row.key!r} already exists.") for row in old]
+            self._insert(new, outcome)
+        elif self.mode == Mode.SKIP:
+            outcome.skipped = len(old)
+            self._insert(new, outcome)
+        elif self.mode == Mode.UPDATE:
+            self._upsert(new, old, outcome)
+        elif self.can_upsert:
+            outcome.skipped = len(new)
+            self._upsert([], old, outcome)
+        else:
+            outcome.skipped = len(new)
+            self._update(old, existing, outcome)
+        return outcome
+
+    def _insert(self, rows: list[_Row], outcome: _Outcome) -> None:
+        if not rows:
+            return
+        objs = [self.model(**row.values) for row in rows]
+        self.model._base_manager.bulk_create(objs)
+        outcome.created = len(objs)
+        if self.fire_workflows:
+            self._fire(objs, created=True)
+
+    def _upsert(self, new: list[_Row], old: list[_Row], outcome: _Outcome) -> None:
+        rows = new + old
+        if not rows:
+            return
+        objs = [self.model(**row.values) for row in rows]
+        self.model._base_manager.bulk_create(
+            objs,
+            update_conflicts=True,
+            unique_fields=[self.identifier.name],
+            update_fields=self.update_fields,
+        )
+        outcome.created, outcome.updated = len(new), len(old)
+        if self.fire_workflows:
+            self._fire(objs[: len(new)], created=True)
+            if old:
+                keys = [row.key for row in old]
+                fresh = self.model._base_manager.filter(**{f"{self.key_attname}__in": keys})
+                self._fire(list(fresh), created=False)
+
+    def _update(self, old: list[_Row], pks: dict[Any, Any], outcome: _Outcome) -> None:
+        # Some required columns are absent: an INSERT ... ON CONFLICT would trip NOT NULL first.
+        if not old:
+            return
+        objs = [self.model(pk=pks[row.key], **row.values) for row in old]
+        self.model._base_manager.bulk_update(objs, self.update_fields)
+        outcome.updated = len(objs)
+        if self.fire_workflows:
+            self._fire(list(self.model._base_manager.filter(pk__in=[o.pk for o in objs])), created=False)
+
+    def _fire(self, objs: list[models.Model], *, created: bool) -> None:
+        # Bulk writes send no signals; post_save lets collection-event workflows see the rows.
+        fields = None if created else frozenset(self.update_fields)
+        for obj in objs:
+            if obj.pk is None:
+                continue
+            obj._state.adding = False
+            post_save.send(
+                sender=self.model,
+                instance=obj,
+                created=created,
+                update_fields=fields,
+                raw=False,
+                using=obj._state.db,
+            )
+
+    def _write_one_by_one(self, batch: list[_Row]) -> _Outcome:
+        total = _Outcome()
+        for row in batch:
+            try:
+                with transaction.atomic():
+                    outcome = self._write([row])
+            except IntegrityError as exc:
+                outcome = _Outcome(
+                    errors=[(row, "", f"Rejected by the database: {str(exc).splitlines()[0]}")]
+                )
+            total.created += outcome.created
+            total.updated += outcome.updated
+            total.skipped += outcome.skipped
+            total.errors += outcome.errors
+        return total
+
+
+@dataclass
+class _Outcome:
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    errors: list[tuple[_Row, str, str]] = field(default_factory=list)

@@ -1,0 +1,87 @@
+"""AsyncTask: one import or export, its progress, summary and files."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class AsyncTask(models.Model):
+    class Kind(models.TextChoices):
+        IMPORT = "import"
+        EXPORT = "export"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        XLSX = "xlsx", "XLSX"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    model = models.CharField(max_length=100, help_text="Label of the model, e.g. catalog.Product.")
+    format = models.CharField(max_length=10, choices=Format.choices)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="async_tasks", null=True
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    cancel_requested = models.BooleanField(default=False)
+    parameters = models.JSONField(default=dict, blank=True)
+    done = models.PositiveBigIntegerField(default=0, help_text="Rows processed so far.")
+    total = models.PositiveBigIntegerField(null=True, blank=True, help_text="Rows expected (estimate).")
+    summary = models.JSONField(default=dict, blank=True)
+    # Paths inside the ASYNC_TASKS_STORAGE storage, never served by URL; names are generated.
+    source_file = models.CharField(max_length=255, blank=True)
+    source_name = models.CharField(
+        max_length=255, blank=True, help_text="The uploaded file's name, shown only."
+    )
+    result_file = models.CharField(max_length=255, blank=True)
+    error_file = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+    node_name = models.CharField(max_length=200, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+        permissions = [("view_all_tasks", "Can see, download and cancel every user's tasks")]
+        verbose_name = "import/export task"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} {self.model} ({self.status})"
+
+    @property
+    def job_id(self) -> str:
+        """The rq job id: one per task, so a re-enqueue replaces rather than duplicates."""
+        return f"async-task-{self.pk}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    def summary_text(self, sep: str = ", ") -> str:
+        """The summary in a fixed order (a JSON column may reorder the keys)."""
+        order = ["created", "updated", "skipped", "failed", "exported"]
+        items = sorted(
+            (self.summary or {}).items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9
+        )
+        return sep.join(f"{value:,} {name}" for name, value in items)
+
+    @property
+    def percent(self) -> int | None:
+        if self.status == self.Status.SUCCEEDED:
+            return 100
+        if not self.total:
+            return None
+        return min(100, int(self.done * 100 / self.total))

@@ -1,0 +1,357 @@
+"""Imports in-process: formats, encodings, header checks, row errors, duplicate modes, cancel."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import zipfile
+from decimal import Decimal
+
+import openpyxl
+import pytest
+
+from async_tasks import formats, storage, tasks
+from async_tasks.exceptions import FileRejected
+from async_tasks.models import AsyncTask
+from catalog.models import Order, Product
+from tests.conftest import product_csv
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("task_storage")]
+
+
+def run_import(
+    data: bytes, name: str = "products.csv", label: str = "catalog.Product", **options
+) -> AsyncTask:
+    task = tasks.create_import(None, label, io.BytesIO(data), name=name, dispatch=False, **options)
+    tasks.run(task.pk)
+    task.refresh_from_db()
+    return task
+
+
+def error_rows(task: AsyncTask) -> list[dict[str, str]]:
+    with storage.get_storage().open(task.error_file, "rb") as handle:
+        return list(csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8-sig")))
+
+
+def xlsx(rows: list[list], sheet: str = "Sheet1", extra_sheet: str | None = None) -> bytes:
+    book = openpyxl.Workbook()
+    if extra_sheet:
+        book.active.title = extra_sheet
+        book.active.append(["nothing", "here"])
+        ws = book.create_sheet(sheet)
+    else:
+        ws = book.active
+        ws.title = sheet
+    for row in rows:
+        ws.append(row)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def test_a_csv_imports_every_row_with_converted_values():
+    task = run_import(product_csv(25))
+    assert task.status == "succeeded"
+    assert task.summary == {"created": 25, "updated": 0, "skipped": 0, "failed": 0}
+    assert (task.done, task.total, task.error_file) == (25, 25, "")
+    product = Product.objects.get(sku="P000007")
+    assert (product.name, product.price, product.quantity, product.active) == (
+        "Product 7",
+        Decimal("7.25"),
+        7,
+        True,
+    )
+    assert product.created == datetime.date(2024, 5, 1)
+    assert task.worker and task.node_name and task.attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("encoding", "delimiter"),
+    [("utf-8", ","), ("utf-8-sig", ";"), ("cp1252", "\t"), ("utf-16", "|")],
+)
+def test_encodings_and_delimiters_are_detected(encoding, delimiter):
+    data = (
+        delimiter.join(["sku", "name", "price", "quantity", "active", "created"])
+        + "\n"
+        + delimiter.join(["C-1", "Crème brûlée façon Köln", "4.50", "3", "no", "2024-02-03"])
+        + "\n"
+        + delimiter.join(["C-2", "Déjà vu à Genève", "1", "2", "yes", "2024-02-04"])
+        + "\n"
+    ).encode(encoding)
+    task = run_import(data)
+    assert task.status == "succeeded", task.error
+    assert task.summary["created"] == 2
+    assert Product.objects.get(sku="C-1").name == "Crème brûlée façon Köln"
+    assert Product.objects.get(sku="C-2").active is True
+
+
+def test_a_chosen_encoding_wins_over_detection():
+    data = "sku,name,price\nE-1,Ærø,1\n".encode("latin-1")
+    task = run_import(data, encoding="latin-1")
+    assert task.status == "succeeded" and Product.objects.get(sku="E-1").name == "Ærø"
+
+
+def test_a_file_that_is_not_the_chosen_encoding_fails_with_the_row():
+    data = b"sku,name,price\n" + b"".join(f"U-{i},n,1\n".encode() for i in range(20000)) + b"U-x,\xff\xfe,1\n"
+    task = run_import(data, encoding="utf-8")
+    assert task.status == "failed"
+    assert "not valid utf-8" in task.error and "choose the file's encoding" in task.error
+    assert task.error.startswith("Line 20002 is not valid utf-8")
+    assert task.summary["created"] == Product.objects.count() == 20000  # every good row before it
+
+
+def test_unknown_columns_fail_up_front_naming_the_allowed_ones():
+    task = run_import(b"sku,name,price,colour\nX-1,x,1,red\n")
+    assert task.status == "failed"
+    assert task.error == "Unknown column(s) 'colour'; allowed: sku, name, price, quantity, active, created."
+    assert not Product.objects.exists()
+
+
+def test_missing_required_columns_fail_up_front():
+    task = run_import(b"name,quantity\nx,1\n")
+    assert (task.status, task.error) == ("failed", "Missing required column(s): sku, price.")
+
+
+def test_columns_match_verbose_names_in_any_case_and_order():
+    task = run_import(b"PRICE,SKU,Name\n2.5,V-1,Via verbose\n")
+    assert task.status == "succeeded" and Product.objects.get(sku="V-1").price == Decimal("2.50")
+
+
+def test_bad_rows_are_reported_with_row_number_and_good_rows_imported():
+    data = (
+        b"sku,name,price,quantity,active,created\n"
+        b"G-1,Good,1.00,1,true,2024-01-01\n"
+        b"B-1,Bad price,abc,1,true,2024-01-01\n"
+        b",No sku,1,1,true,2024-01-01\n"
+        b"B-3,Too precise,1.234,x,true,2024-01-01\n"
+        b"B-4,Negative,-1,1,perhaps,2024-13-01\n"
+        b"G-2,Good too,2,,false,\n"
+    )
+    task = run_import(data)
+    assert task.status == "succeeded"
+    assert task.summary == {"created": 2, "updated": 0, "skipped": 0, "failed": 4}
+    assert sorted(Product.objects.values_list("sku", flat=True)) == ["G-1", "G-2"]
+    g2 = Product.objects.get(sku="G-2")
+    assert (g2.quantity, g2.active) == (0, False)  # empty cells take the field's default
+    errors = error_rows(task)
+    assert [(e["row"], e["column"]) for e in errors] == [
+        ("3", "price"),
+        ("4", "sku"),
+        ("5", "price"),
+        ("5", "quantity"),
+        ("6", "price"),
+        ("6", "active"),
+        ("6", "created"),
+    ]
+    assert errors[0]["message"] == "“abc” value must be a decimal number."
+    assert errors[0]["sku"] == "B-1" and errors[0]["name"] == "Bad price"  # the original values
+    assert errors[2]["message"] == "Ensure that there are no more than 2 decimal places."
+    assert errors[4]["message"] == "Ensure this value is greater than or equal to 0."
+
+
+def test_error_report_values_are_neutralized_as_formulas():
+    task = run_import(b'sku,name,price\nF-1,=HYPERLINK("http://x"),oops\n')
+    assert error_rows(task)[0]["name"] == '\'=HYPERLINK("http://x")'
+
+
+def test_a_row_with_too_many_values_is_an_error():
+    task = run_import(b"sku,name,price\nW-1,a,1,surplus\nW-2,b,2\n")
+    assert task.summary["failed"] == 1 and task.summary["created"] == 1
+    assert error_rows(task)[0]["message"] == "The row has 4 values for 3 columns."
+
+
+@pytest.fixture
+def existing():
+    Product.objects.create(sku="D-1", name="Old one", price=1, quantity=5)
+    Product.objects.create(sku="D-2", name="Old two", price=2, quantity=6, active=False)
+
+
+DUPLICATES = b"sku,name,price\nD-1,New one,10\nN-1,New,3\nD-2,New two,20\n"
+
+
+@pytest.mark.usefixtures("existing")
+def test_insert_mode_reports_existing_identifiers_as_errors():
+    task = run_import(DUPLICATES, mode="insert")
+    assert task.summary == {"created": 1, "updated": 0, "skipped": 0, "failed": 2}
+    assert [e["message"] for e in error_rows(task)] == [
+        "A record with sku 'D-1' already exists.",
+        "A record with sku 'D-2' already exists.",
+    ]
+    assert Product.objects.get(sku="D-1").name == "Old one"
+
+
+@pytest.mark.usefixtures("existing")
+def test_skip_mode_skips_existing_records():
+    task = run_import(DUPLICATES, mode="skip")
+    assert task.summary == {"created": 1, "updated": 0, "skipped": 2, "failed": 0}
+    assert Product.objects.get(sku="D-2").name == "Old two" and Product.objects.filter(sku="N-1").exists()
+
+
+@pytest.mark.usefixtures("existing")
+def test_update_mode_updates_the_columns_in_the_file_and_inserts_new_ones():
+    task = run_import(DUPLICATES, mode="update")
+    assert task.summary == {"created": 1, "updated": 2, "skipped": 0, "failed": 0}
+    d2 = Product.objects.get(sku="D-2")
+    assert (d2.name, d2.price, d2.quantity, d2.active) == ("New two", Decimal("20.00"), 6, False)
+    assert Product.objects.get(sku="N-1").price == Decimal("3.00")
+
+
+@pytest.mark.usefixtures("existing")
+def test_update_only_mode_skips_new_identifiers():
+    task = run_import(DUPLICATES, mode="update_only")
+    assert task.summary == {"created": 0, "updated": 2, "skipped": 1, "failed": 0}
+    assert not Product.objects.filter(sku="N-1").exists()
+    assert Product.objects.get(sku="D-1").name == "New one"
+
+
+def test_update_only_needs_only_the_identifier_column():
+    Product.objects.create(sku="Q-1", name="q", price=1, quantity=1)
+    task = run_import(b"sku,quantity\nQ-1,99\n", mode="update_only")
+    assert task.status == "succeeded" and Product.objects.get(sku="Q-1").quantity == 99
+
+
+def test_the_same_identifier_twice_in_a_file():
+    data = b"sku,name,price\nT-1,first,1\nT-1,second,2\n"
+    task = run_import(data, mode="insert")
+    assert task.summary == {"created": 1, "updated": 0, "skipped": 0, "failed": 1}
+    task = run_import(data, mode="update")
+    assert task.summary == {"created": 0, "updated": 2, "skipped": 0, "failed": 0}
+    assert Product.objects.get(sku="T-1").name == "second"  # the last row wins
+
+
+def test_rows_are_written_in_batches_not_one_query_per_row(settings, django_assert_max_num_queries):
+    settings.ASYNC_TASKS_BATCH_SIZE = 500
+    task = tasks.create_import(
+        None, "catalog.Product", io.BytesIO(product_csv(2000)), name="p.csv", dispatch=False
+    )
+    # claim + read, then per batch of 500: savepoint, existence query, insert, release, progress.
+    with django_assert_max_num_queries(40):
+        tasks.run(task.pk)
+    assert Product.objects.count() == 2000
+
+
+def test_a_foreign_key_column_is_checked_per_batch():
+    product = Product.objects.create(sku="O-1", name="o", price=1, quantity=1)
+    data = f"product,quantity,customer\n{product.pk},2,Ann\n999999,1,Bob\n".encode()
+    task = run_import(data, label="catalog.Order")
+    assert task.summary == {"created": 1, "updated": 0, "skipped": 0, "failed": 1}
+    assert error_rows(task)[0]["message"] == "No product 999999."
+    assert Order.objects.get().customer == "Ann"
+
+
+def test_xlsx_first_sheet_with_native_cell_types():
+    data = xlsx(
+        [
+            ["sku", "name", "price", "quantity", "active", "created"],
+            ["X-1", "Excel", 12.5, 3, True, datetime.datetime(2024, 3, 4)],
+            ["X-2", "Bad", "twelve", 2.5, False, None],
+            [None, None, None, None, None, None],
+        ]
+    )
+    task = run_import(data, name="products.xlsx")
+    assert task.status == "succeeded", task.error
+    assert task.summary == {"created": 1, "updated": 0, "skipped": 0, "failed": 1}
+    x1 = Product.objects.get(sku="X-1")
+    assert (x1.price, x1.quantity, x1.active, x1.created) == (
+        Decimal("12.50"),
+        3,
+        True,
+        datetime.date(2024, 3, 4),
+    )
+    assert [(e["row"], e["column"]) for e in error_rows(task)] == [("3", "price"), ("3", "quantity")]
+
+
+def test_xlsx_named_sheet_and_a_missing_one():
+    data = xlsx([["sku", "name", "price"], ["S-1", "s", 1]], sheet="Products", extra_sheet="Notes")
+    task = run_import(data, name="p.xlsx", sheet="Products")
+    assert task.status == "succeeded" and Product.objects.filter(sku="S-1").exists()
+    task = run_import(data, name="p.xlsx", sheet="Nope")
+    assert (task.status, task.error) == (
+        "failed",
+        "The workbook has no sheet 'Nope'; its sheets: Notes, Products.",
+    )
+
+
+def test_an_xlsx_zip_bomb_is_refused_before_parsing():
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/worksheets/sheet1.xml", b"\0" * (50 * 1024 * 1024))  # 50 MB of zeros
+    assert len(out.getvalue()) < 200 * 1024
+    task = run_import(out.getvalue(), name="bomb.xlsx")
+    assert task.status == "failed"
+    assert "refused as a zip bomb" in task.error and "sheet1.xml" in task.error
+
+
+def test_an_xlsx_that_is_not_a_zip_is_refused():
+    task = run_import(b"sku,name\n", name="fake.xlsx")
+    assert (task.status, task.error) == ("failed", "The file is not an XLSX workbook (not a zip archive).")
+
+
+def test_total_unpacked_size_limit(settings):
+    settings.ASYNC_TASKS_XLSX_MAX_UNPACKED = 1000
+    task = run_import(xlsx([["sku", "name", "price"], ["L-1", "l", 1]]), name="p.xlsx")
+    assert task.status == "failed" and "limit 1000" in task.error
+
+
+def test_options_are_validated_when_the_task_is_created():
+    with pytest.raises(FileRejected, match="Unknown mode 'merge'"):
+        tasks.create_import(
+            None, "catalog.Product", io.BytesIO(b""), name="a.csv", mode="merge", dispatch=False
+        )
+    with pytest.raises(FileRejected, match="Unknown encoding 'klingon'"):
+        tasks.create_import(
+            None, "catalog.Product", io.BytesIO(b""), name="a.csv", encoding="klingon", dispatch=False
+        )
+    with pytest.raises(FileRejected, match="Cannot tell the format"):
+        tasks.create_import(None, "catalog.Product", io.BytesIO(b""), name="a.pdf", dispatch=False)
+    with pytest.raises(
+        Exception, match="may not be imported or exported; allowed: catalog.Product, catalog.Order"
+    ):
+        tasks.create_import(None, "auth.User", io.BytesIO(b""), name="a.csv", dispatch=False)
+
+
+def test_cancel_stops_at_the_next_batch_and_keeps_committed_rows(settings, monkeypatch):
+    settings.ASYNC_TASKS_BATCH_SIZE = 100
+    task = tasks.create_import(
+        None, "catalog.Product", io.BytesIO(product_csv(1000)), name="p.csv", dispatch=False
+    )
+    seen = []
+
+    def cancel_after_three_batches(current):
+        seen.append(current.done)
+        if len(seen) == 3:
+            assert tasks.cancel(current)
+
+    tasks.run(task.pk, on_progress=cancel_after_three_batches)
+    task.refresh_from_db()
+    assert task.status == "canceled"
+    assert task.error == "Canceled; rows written before the cancel stay."
+    assert task.summary["created"] == Product.objects.count() == 300
+    assert task.finished_at and task.expires_at
+
+
+def test_canceling_a_pending_task_is_immediate_and_it_never_runs():
+    task = tasks.create_import(
+        None, "catalog.Product", io.BytesIO(product_csv(3)), name="p.csv", dispatch=False
+    )
+    assert tasks.cancel(task)
+    assert tasks.run(task.pk) == "not pending"
+    task.refresh_from_db()
+    assert task.status == "canceled" and not Product.objects.exists()
+    assert not tasks.cancel(task)  # finished: nothing to cancel
+
+
+def test_a_second_run_of_the_same_task_does_nothing():
+    task = run_import(product_csv(3))
+    assert tasks.run(task.pk) == "not pending"
+    assert Product.objects.count() == 3
+
+
+def test_formats_sniff_and_detect():
+    assert formats.detect_encoding("é".encode()) == "utf-8"
+    assert formats.detect_encoding(b"\xef\xbb\xbfsku") == "utf-8-sig"
+    assert formats.sniff_delimiter("a;b;c\n1;2;3\n") == ";"
+    assert formats.sniff_delimiter("single\n") == ","
+    assert formats.guess_format("X.XLSX") == "xlsx"
