@@ -232,6 +232,8 @@ class Importer:
         self.update_fields = [f.name for f in self.columns if f is not self.identifier]
         self.foreign_keys = [f for f in self.columns if isinstance(f, models.ForeignKey)]
         self.can_upsert = all(f in self.columns for f in spec.required())
+        # Plain inserts on PostgreSQL go through COPY: no model instances, no per-value SQL compiling.
+        self.copy = None if fire_workflows else _Copy.plan(self.model)
         self.summary = Summary()
         self.errors = ErrorReport(self.header)
         self._batch: list[_Row] = []
@@ -366,6 +368,10 @@ class Importer:
     def _insert(self, rows: list[_Row], outcome: _Outcome) -> None:
         if not rows:
             return
+        if self.copy is not None:
+            self.copy.write(rows)
+            outcome.created = len(rows)
+            return
         objs = [self.model(**row.values) for row in rows]
         self.model._base_manager.bulk_create(objs)
         outcome.created = len(objs)
@@ -440,3 +446,86 @@ class _Outcome:
     updated: int = 0
     skipped: int = 0
     errors: list[tuple[_Row, str, str]] = field(default_factory=list)
+
+
+#: Field types whose validated Python values psycopg writes as they are (no get_db_prep_save).
+_NATIVE = (
+    models.CharField,
+    models.TextField,
+    models.IntegerField,
+    models.BooleanField,
+    models.DecimalField,
+    models.FloatField,
+)
+
+
+class _Copy:
+    """Insert rows with PostgreSQL's COPY, for models whose fields need nothing at save time.
+
+    A field with auto_now(_add), a database default, or its own ``pre_save`` (files,
+    ...) makes ``plan`` return None, and rows go through ``bulk_create`` instead.
+    """
+
+    def __init__(self, model: type[models.Model], fields: list[models.Field]) -> None:
+        self.model = model
+        self.fields = fields
+        # (attname, default, prep): the default (model __init__'s) for a cell or column left out.
+        self.steps: list[tuple[str, Any, Any]] = []
+        for f in fields:
+            prep = None
+            if not isinstance(f, _NATIVE) or type(f).get_db_prep_save is not models.Field.get_db_prep_save:
+                prep = f.get_db_prep_save
+            self.steps.append((f.attname, f._get_default, prep))
+        columns = ", ".join(connection_quote(f.column) for f in fields)
+        self.sql = f"COPY {connection_quote(model._meta.db_table)} ({columns}) FROM STDIN"
+
+    @classmethod
+    def plan(cls, model: type[models.Model]) -> _Copy | None:
+        from django.db import connections, router
+
+        if connections[router.db_for_write(model)].vendor != "postgresql":
+            return None
+        fields = []
+        for f in model._meta.concrete_fields:
+            if f.primary_key and f.auto_created or isinstance(f, models.AutoField | models.BigAutoField):
+                continue
+            if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+                return None
+            if f.db_default is not models.NOT_PROVIDED:
+                return None
+            if type(f).pre_save not in (models.Field.pre_save, models.DateField.pre_save):
+                return None
+            fields.append(f)
+        return cls(model, fields)
+
+    def write(self, rows: list[_Row]) -> None:
+        from django.db import connections, router
+
+        connection = connections[router.db_for_write(self.model)]
+        steps = self.steps
+        with (
+            connection.cursor() as cursor,
+            connection.wrap_database_errors,
+            cursor.cursor.copy(self.sql) as copy,
+        ):
+            write_row = copy.write_row
+            for row in rows:
+                values = row.values
+                out = []
+                for attname, default, prep in steps:
+                    value = values.get(attname, _NO_VALUE)
+                    if value is _NO_VALUE:
+                        value = default()
+                    if prep is not None:
+                        value = prep(value, connection)
+                    out.append(value)
+                write_row(out)
+
+
+_NO_VALUE = object()
+
+
+def connection_quote(name: str) -> str:
+    from django.db import connection
+
+    return connection.ops.quote_name(name)

@@ -61,9 +61,9 @@ def write_csv(
             number = i if existing_half is not None and i < rows // 2 else start + i
             price = "bad" if i % 1000 == 999 else f"{rng.randint(0, 99999) / 100:.2f}"
             name = f"{rng.choice(words)} {rng.choice(words)} {number}"
-            out.write(
-                f"P{number:08d},{name},{price},{rng.randint(0, 500)},{'true' if i % 7 else 'false'},2024-0{1 + i % 9}-1{i % 10}\n"
-            )
+            active = "true" if i % 7 else "false"
+            created = f"2024-0{1 + i % 9}-1{i % 10}"
+            out.write(f"P{number:08d},{name},{price},{rng.randint(0, 500)},{active},{created}\n")
 
 
 def database_url(server_url: str) -> str:
@@ -101,7 +101,8 @@ def child(env: dict[str, str], *args: str) -> dict:
 
 def line(label: str, figures: dict) -> str:
     return (
-        f"{label:<58} {figures['rate']:>9,.0f} rows/s  ({figures['rows']:,} rows in {figures['seconds']:.2f} s)"
+        f"{label:<58} {figures['rate']:>9,.0f} rows/s"
+        f"  ({figures['rows']:,} rows in {figures['seconds']:.2f} s)"
         f"  peak RSS {figures['peak_mb']:.0f} MB (after start-up {figures['start_mb']:.0f} MB)"
     )
 
@@ -136,9 +137,8 @@ def main() -> None:
         write_csv(small, m)
         write_csv(upsert, n, start=n * 10, existing_half=n, seed=2)
         size_mb = full.stat().st_size / 1e6
-        print(
-            f"machine: {platform.machine()}, {os.cpu_count()} CPUs; Python {platform.python_version()}; PostgreSQL"
-        )
+        python = platform.python_version()
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; Python {python}; PostgreSQL")
         print(f"rows: {n:,} ({size_mb:.1f} MB CSV; 1 row in 1,000 invalid); comparison rows: {m:,}")
         results = {}
         results["import"] = child(env, "import", str(full))

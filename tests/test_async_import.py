@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import openpyxl
 import pytest
+from django.utils import timezone
 
 from async_tasks import formats, storage, tasks
 from async_tasks.exceptions import FileRejected
@@ -355,3 +356,47 @@ def test_formats_sniff_and_detect():
     assert formats.sniff_delimiter("a;b;c\n1;2;3\n") == ";"
     assert formats.sniff_delimiter("single\n") == ","
     assert formats.guess_format("X.XLSX") == "xlsx"
+
+
+def test_a_row_the_database_rejects_is_reported_and_the_rest_of_the_batch_written(monkeypatch):
+    # A record written between the existence query and the insert (another import, a user).
+    from async_tasks.importer import Importer
+
+    Product.objects.create(sku="R-2", name="there first", price=1, quantity=1)
+    monkeypatch.setattr(Importer, "_existing", lambda self, batch: {})
+    task = run_import(b"sku,name,price\nR-1,a,1\nR-2,b,2\nR-3,c,3\n")
+    assert task.summary == {"created": 2, "updated": 0, "skipped": 0, "failed": 1}
+    assert error_rows(task)[0]["row"] == "3"
+    assert error_rows(task)[0]["message"].startswith("Rejected by the database:")
+    assert Product.objects.get(sku="R-2").name == "there first"
+
+
+def test_plain_inserts_use_copy_on_postgresql_and_fill_defaults():
+    from django.db import connection
+
+    from async_tasks.importer import Importer
+    from async_tasks.spec import get_spec
+
+    importer = Importer(get_spec("catalog.Product"), ["sku", "name", "price"])
+    assert (importer.copy is not None) == (connection.vendor == "postgresql")
+    assert Importer(get_spec("catalog.Product"), ["sku", "name", "price"], fire_workflows=True).copy is None
+    run_import(b"sku,name,price,quantity\nDF-1,d,1,\n")
+    product = Product.objects.get(sku="DF-1")
+    assert (product.quantity, product.active, product.created) == (0, True, timezone.localdate())
+
+
+def test_imported_rows_fire_collection_workflows_only_when_asked():
+    from tests.conftest import build_workflow
+    from workflows.models import Execution
+
+    config = {"collection": "catalog.Product", "events": ["created", "updated"], "changed_fields": ["price"]}
+    nodes = [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.data.price }}"}}]
+    build_workflow(nodes, trigger_type="collection", trigger_config=config)
+    run_import(b"sku,name,price\nW-1,a,1\nW-2,b,2\n")
+    assert not Execution.objects.exists()  # bulk writes send no signals by default
+    run_import(b"sku,name,price\nW-3,c,3\n", fire_workflows=True)
+    run_import(b"sku,price\nW-1,9\n", mode="update_only", fire_workflows=True)
+    run_import(b"sku,name\nW-2,renamed\n", mode="update_only", fire_workflows=True)  # price unchanged
+    contexts = [e.context for e in Execution.objects.order_by("id")]
+    assert [(c["event"], c["data"]["sku"]) for c in contexts] == [("created", "W-3"), ("updated", "W-1")]
+    assert contexts[1]["data"]["price"] == 9.0 and contexts[1]["changed"] == ["price"]
