@@ -8,14 +8,14 @@ from urllib.parse import parse_qsl
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from . import api, tasks
-from .exceptions import AsyncTaskError
+from .exceptions import AsyncTaskError, NotAllowed
 from .importer import Mode
 from .models import AsyncTask
 from .spec import ModelSpec, get_spec
@@ -185,9 +185,19 @@ class ImportExportMixin:
             *super().get_urls(),
         ]
 
+    def _spec(self) -> ModelSpec:
+        try:
+            return get_spec(self.model._meta.label)
+        except NotAllowed:
+            raise Http404(f"{self.model._meta.label} is not in ASYNC_TASKS_MODELS.") from None
+
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
-        spec = get_spec(self.model._meta.label)
         extra_context = extra_context or {}
+        try:
+            spec = get_spec(self.model._meta.label)
+        except NotAllowed:  # not (or no longer) allowed: no buttons
+            extra_context["can_import"] = extra_context["can_export"] = False
+            return super().changelist_view(request, extra_context)
         extra_context["can_import"] = api.can_import(request.user, spec, Mode.INSERT)
         extra_context["can_export"] = api.can_export(request.user, spec)
         extra_context["export_query"] = request.GET.urlencode()
@@ -202,7 +212,7 @@ class ImportExportMixin:
         )
 
     def import_view(self, request: HttpRequest) -> HttpResponse:
-        spec = get_spec(self.model._meta.label)
+        spec = self._spec()
         if not api.can_import(request.user, spec, Mode.INSERT):
             raise PermissionDenied
         form = ImportForm(request.POST or None, request.FILES or None)
@@ -225,7 +235,7 @@ class ImportExportMixin:
         return self._form_page(request, spec, form, "Import", multipart=True)
 
     def export_view(self, request: HttpRequest) -> HttpResponse:
-        spec = get_spec(self.model._meta.label)
+        spec = self._spec()
         if not api.can_export(request.user, spec):
             raise PermissionDenied
         query = request.GET.get("_changelist_filters", "")

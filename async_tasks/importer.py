@@ -224,7 +224,10 @@ class Importer:
         self.spec, self.mode, self.batch_size = spec, mode, batch_size
         self.fire_workflows, self.progress = fire_workflows, progress
         self.model = spec.model
-        self.header = [str(h) for h in header]
+        header = ["" if h is None else str(h) for h in header]
+        while header and not header[-1].strip():  # spreadsheets often carry empty trailing cells
+            header.pop()
+        self.header = header
         self.columns = check_header(spec, header, mode)
         self.converters = [(i, f, f.attname, _converter(f)) for i, f in enumerate(self.columns)]
         self.identifier = spec.identifier if spec.identifier in self.columns else None

@@ -12,12 +12,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from redis import RedisError
-from rq.job import Job as RQJob
-from rq.job import JobStatus
 
 from worker_mode import current_worker_name, enqueue, worker_is_alive
 from worker_mode.conf import conf as worker_conf
-from worker_mode.queues import get_connection
+from worker_mode.queues import get_connection, lost_jobs
 
 from . import exporter, formats, storage
 from .apps import SERVICE_KEY
@@ -292,7 +290,6 @@ def cancel(task: AsyncTask) -> bool:
 
 # -- recovery and clean-up ------------------------------------------------------------------
 
-_ALIVE = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED}
 _BATCH = 500
 
 
@@ -329,12 +326,11 @@ def recover(now: datetime.datetime | None = None, *, pending_grace: float | None
             status=Status.PENDING, created_at__lte=now - datetime.timedelta(seconds=grace)
         ).order_by("id")[:_BATCH]
     )
-    if pending:
-        jobs = RQJob.fetch_many([t.job_id for t in pending], connection=connection)
-        for task, job in zip(pending, jobs, strict=True):
-            if job is None or job.get_status(refresh=False) not in _ALIVE:
-                _dispatch(task)
-                counts["requeued"] += 1
+    lost = lost_jobs(SERVICE_KEY, [t.job_id for t in pending])
+    for task in pending:
+        if task.job_id in lost:
+            _dispatch(task)
+            counts["requeued"] += 1
     if any(counts.values()):
         logger.warning(
             "Recovered tasks: %d failed, %d retried, %d re-enqueued",

@@ -5,14 +5,16 @@ On PostgreSQL, with rows generated in the run (``--rows``, default 200,000):
 1. Import: a products CSV of N rows (sku, name, price, quantity, active,
    created; one row in 1,000 has an invalid price) is imported into an empty
    table by the async task code path (``tasks.run``: per-field validation by
-   the model fields, duplicates checked per batch, bulk INSERT per batch,
+   the model fields, duplicates checked per batch, COPY per batch,
    error report). django-import-export imports the first M rows
    (``--compare-rows``, default 50,000; its rate does not depend on N) in bulk
    mode with ``clean_model_instances`` (validation) on.
 2. Upsert: N rows of which half are existing skus with new values, in mode
    "update" (INSERT ... ON CONFLICT DO UPDATE per batch).
-3. Export: all N rows to CSV and to XLSX (streamed, write-only workbook);
+3. Export: all N rows to CSV and to XLSX (streamed, constant-memory workbook);
    XLSX also at M rows beside django-import-export's XLSX export of M rows.
+4. Import of the first M rows as an XLSX workbook (typed cells), into an
+   emptied table.
 
 Every measurement runs in a fresh Python process, which reports its rate and
 its peak RSS (VmHWM) and its RSS after start-up, so memory growth with rows
@@ -30,6 +32,7 @@ run creates and drops its own database ``nocobase_bench_ie`` there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -64,6 +67,27 @@ def write_csv(
             active = "true" if i % 7 else "false"
             created = f"2024-0{1 + i % 9}-1{i % 10}"
             out.write(f"P{number:08d},{name},{price},{rng.randint(0, 500)},{active},{created}\n")
+
+
+def write_xlsx(csv_path: Path, path: Path) -> None:
+    """The same rows as an XLSX workbook (typed cells), written in constant memory."""
+    import csv
+    import datetime
+    from decimal import Decimal, InvalidOperation
+
+    import xlsxwriter
+
+    book = xlsxwriter.Workbook(str(path), {"constant_memory": True, "default_date_format": "yyyy-mm-dd"})
+    sheet = book.add_worksheet("products")
+    with csv_path.open(encoding="utf-8") as source:
+        for number, row in enumerate(csv.reader(source)):
+            if number:
+                with contextlib.suppress(InvalidOperation):  # the invalid price stays text
+                    row[2] = Decimal(row[2])
+                row[3], row[4] = int(row[3]), row[4] == "true"
+                row[5] = datetime.date.fromisoformat(row[5])
+            sheet.write_row(number, 0, row)
+    book.close()
 
 
 def database_url(server_url: str) -> str:
@@ -136,6 +160,8 @@ def main() -> None:
         write_csv(full, n)
         write_csv(small, m)
         write_csv(upsert, n, start=n * 10, existing_half=n, seed=2)
+        small_xlsx = tmp / "small.xlsx"
+        write_xlsx(small, small_xlsx)
         size_mb = full.stat().st_size / 1e6
         python = platform.python_version()
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; Python {python}; PostgreSQL")
@@ -157,6 +183,10 @@ def main() -> None:
             print(line(f"export XLSX, {m:,} rows (async_tasks)", results["xlsx_m"]))
             results["die_xlsx"] = child(env, "die-export", "xlsx", str(m))
             print(line(f"export XLSX, {m:,} rows (django-import-export)", results["die_xlsx"]))
+        # The imports below empty the table first, so they come after the exports.
+        results["import_xlsx"] = child(env, "import", str(small_xlsx))
+        print(line(f"import XLSX, {m:,} rows, validated (async_tasks)", results["import_xlsx"]))
+        if not options.skip_compare:
             results["die_import"] = child(env, "die-import", str(small))
             print(
                 line(

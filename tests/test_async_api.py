@@ -211,6 +211,14 @@ def test_admin_import_refused_without_add_permission_and_tasks_are_per_user():
     assert viewer.get(f"/admin/async_tasks/asynctask/{task.pk}/download/").status_code == 404
 
 
+def test_admin_buttons_disappear_when_a_model_is_no_longer_allowed(settings):
+    client = admin_client("view_product", "add_product")
+    settings.ASYNC_TASKS_MODELS = {}
+    page = client.get("/admin/catalog/product/")
+    assert page.status_code == 200 and b"/import/" not in page.content
+    assert client.get("/admin/catalog/product/import/").status_code == 404
+
+
 def test_admin_cancel_action():
     client = admin_client("view_asynctask")
     user = User.objects.get(username="staffer")

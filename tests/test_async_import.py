@@ -263,6 +263,16 @@ def test_xlsx_first_sheet_with_native_cell_types():
     assert [(e["row"], e["column"]) for e in error_rows(task)] == [("3", "price"), ("3", "quantity")]
 
 
+def test_empty_trailing_header_cells_are_ignored():
+    data = xlsx(
+        [["sku", "name", "price", None, None], ["T-1", "t", 1, None, None], ["T-2", "u", 2, None, "x"]]
+    )
+    task = run_import(data, name="p.xlsx")
+    assert task.status == "succeeded", task.error
+    assert task.summary == {"created": 1, "updated": 0, "skipped": 0, "failed": 1}
+    assert error_rows(task)[0]["message"] == "The row has 5 values for 3 columns."
+
+
 def test_xlsx_named_sheet_and_a_missing_one():
     data = xlsx([["sku", "name", "price"], ["S-1", "s", 1]], sheet="Products", extra_sheet="Notes")
     task = run_import(data, name="p.xlsx", sheet="Products")

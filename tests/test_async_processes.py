@@ -102,6 +102,20 @@ def test_a_pending_task_whose_message_was_lost_is_enqueued_again(redis_conn):
     assert task.status == "succeeded" and Product.objects.count() == 3
 
 
+def test_redis_down_when_a_task_is_created_loses_nothing(settings, redis_conn):
+    good_url = settings.REDIS_URL
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    task = new_import(4)  # the request succeeds; the enqueue at commit fails and is logged
+    settings.REDIS_URL = good_url
+    assert redis_conn.llen("rq:queue:async-task:process") == 0
+    task.refresh_from_db()
+    assert task.status == "pending"
+    assert tasks.recover(pending_grace=0)["requeued"] == 1
+    drain("async-task:process")
+    task.refresh_from_db()
+    assert task.status == "succeeded" and Product.objects.count() == 4
+
+
 def test_a_running_task_of_a_dead_process_on_this_node_is_failed():
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -16,6 +16,7 @@ from typing import Any
 from django.db import transaction
 from redis import Redis, RedisError
 from rq import Queue
+from rq.job import JobStatus
 
 from .conf import conf
 from .registry import services
@@ -107,3 +108,26 @@ def enqueue(
 
     transaction.on_commit(send, using=using)
     return job_id
+
+
+#: rq job states in which a message will still reach a worker.
+_ALIVE_STATES = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED})
+
+
+def lost_jobs(key: str, job_ids: list[str]) -> set[str]:
+    """The ids among ``job_ids`` whose message will never reach a worker of ``key``.
+
+    A job is lost when Redis no longer has it (flushed, restarted empty, the enqueue
+    failed) or it ended (failed, stopped, canceled) while the database row it refers
+    to still waits. Recovery sweeps re-enqueue the rows behind these ids.
+    """
+    from rq.job import Job
+
+    if not job_ids:
+        return set()
+    jobs = Job.fetch_many(job_ids, connection=get_connection(key))
+    return {
+        job_id
+        for job_id, job in zip(job_ids, jobs, strict=True)
+        if job is None or job.get_status(refresh=False) not in _ALIVE_STATES
+    }

@@ -15,11 +15,9 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 from redis import RedisError
-from rq.job import Job as RQJob
-from rq.job import JobStatus
 
 from worker_mode import worker_is_alive
-from worker_mode.queues import get_connection
+from worker_mode.queues import get_connection, lost_jobs
 
 from . import engine, triggers
 from .apps import SERVICE_KEY
@@ -29,8 +27,6 @@ from .models import Execution, Job
 logger = logging.getLogger(__name__)
 Status = Execution.Status
 
-#: rq job states in which the message will still reach a worker.
-_ALIVE = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED}
 _BATCH = 500
 
 
@@ -54,12 +50,11 @@ def recover(now: datetime.datetime | None = None, *, queued_grace: float | None 
         .select_related("workflow")
         .order_by("id")[:_BATCH]
     )
-    if queued:
-        jobs = RQJob.fetch_many([e.job_id for e in queued], connection=connection)
-        for execution, job in zip(queued, jobs, strict=True):
-            if job is None or job.get_status(refresh=False) not in _ALIVE:
-                engine.dispatch(execution)
-                counts["requeued"] += 1
+    lost = lost_jobs(SERVICE_KEY, [e.job_id for e in queued])
+    for execution in queued:
+        if execution.job_id in lost:
+            engine.dispatch(execution)
+            counts["requeued"] += 1
     if any(counts.values()):
         logger.warning(
             "Recovered executions: %d resumed, %d aborted, %d re-enqueued",
