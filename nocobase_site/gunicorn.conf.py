@@ -57,3 +57,19 @@ def on_starting(server):
         "yes" if mode.serves_requests else "no (health probes and 503 only)",
         ", ".join(served_keys(mode)) or "none",
     )
+
+
+_heartbeat = None
+
+
+def when_ready(server):
+    # The arbiter announces this node's HTTP side in the cluster's presence registry.
+    global _heartbeat
+    from worker_mode import presence
+
+    _heartbeat = presence.announce("http", processes=server.num_workers)
+
+
+def on_exit(server):
+    if _heartbeat is not None:
+        _heartbeat.stop()

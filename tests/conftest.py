@@ -272,3 +272,12 @@ def product_csv(rows: int, *, start: int = 0, delimiter: str = ",", encoding: st
             delimiter.join([f"P{i:06d}", f"Product {i}", f"{i % 1000}.25", str(i % 50), "true", "2024-05-01"])
         )
     return ("\n".join(lines) + "\n").encode(encoding)
+
+
+@pytest.fixture(autouse=True)
+def _forget_cluster_cache():
+    """The per-process cache of live nodes would outlive a test's Redis flush."""
+    from worker_mode import coverage
+
+    coverage.forget()
+    yield

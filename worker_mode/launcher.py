@@ -23,6 +23,7 @@ from typing import Any
 
 from django.conf import settings
 
+from . import presence
 from .conf import conf
 from .mode import WorkerMode
 from .node import current_mode, served_keys
@@ -186,4 +187,8 @@ def run(
     if not children:
         logger.info("WORKER_MODE '-' is transient: this node starts nothing.")
         return 0
-    return Launcher(children).run()
+    heartbeat = presence.announce("node", processes=len(children), services=list(served_keys(mode)))
+    try:
+        return Launcher(children).run()
+    finally:
+        heartbeat.stop()

@@ -105,6 +105,10 @@ def enqueue(
             get_queue(key).enqueue(func, *args, job_id=job_id, **kwargs)
         except RedisError:
             logger.exception("Could not enqueue job %s on %s: Redis is unavailable", job_id, key)
+            return
+        from .coverage import warn_if_uncovered
+
+        warn_if_uncovered(key)
 
     transaction.on_commit(send, using=using)
     return job_id

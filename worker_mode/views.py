@@ -17,6 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from redis import RedisError
 
+from .coverage import uncovered_keys
 from .node import current_mode, served_keys
 from .queues import get_connection
 from .registry import services
@@ -69,4 +70,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
     }
     if failing:
         body["failing"] = failing
+    elif mode.serves_requests:
+        # Work queued for a service no live node serves: reported, but this node is still ready.
+        try:
+            body["uncovered"] = uncovered_keys()
+        except RedisError:
+            logger.warning("readyz: could not read the cluster's presence", exc_info=True)
     return JsonResponse(body, status=503 if failing else 200)

@@ -29,6 +29,7 @@ from redis import RedisError
 from rq import SimpleWorker, Worker
 from rq.worker import WorkerStatus
 
+from . import presence
 from .cluster import set_current_worker_name
 from .conf import conf
 from .exceptions import WorkerModeError
@@ -443,4 +444,8 @@ def run(
         log_level=log_level,
         periodic=PeriodicRunner(keys),
     )
-    return supervisor.run()
+    heartbeat = presence.announce("workers", processes=sum(g.processes for g in groups), services=list(keys))
+    try:
+        return supervisor.run()
+    finally:
+        heartbeat.stop()

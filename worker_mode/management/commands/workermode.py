@@ -1,20 +1,30 @@
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from redis import RedisError
 
 from worker_mode import node
+from worker_mode.coverage import cluster_report
 
 
 class Command(BaseCommand):
-    help = "Show what this node serves: HTTP requests, background services and their queues."
+    help = (
+        "Show what this node serves: HTTP requests, background services and their queues. "
+        "With --cluster: the live nodes of the whole cluster, queue depths, failed jobs and "
+        "service keys with queued work that no live node serves."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--json", action="store_true", help="Print one JSON object, for scripts.")
+        parser.add_argument("--cluster", action="store_true", help="Show the whole cluster (reads Redis).")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["cluster"]:
+            return self.cluster(as_json=options["json"])
         info = node.describe()
         if options["json"]:
             self.stdout.write(json.dumps(info, indent=2))
@@ -32,3 +42,34 @@ class Command(BaseCommand):
         width = max(len(label) for label, _ in lines)
         for label, value in lines:
             self.stdout.write(f"{label:<{width}}  {value}")
+
+    def cluster(self, *, as_json: bool) -> None:
+        try:
+            report = cluster_report()
+        except RedisError as exc:
+            raise CommandError(f"Cannot read the cluster from Redis: {exc}") from None
+        if as_json:
+            self.stdout.write(json.dumps(report, indent=2))
+            return
+        entries = report["entries"]
+        self.stdout.write(f"Live node processes: {len(entries)}")
+        for e in entries:
+            started = datetime.datetime.fromtimestamp(e["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+            ago = max(0.0, datetime.datetime.now().timestamp() - e.get("heartbeat_at", e["started_at"]))
+            self.stdout.write(
+                f"  {e['node']:<20} {e['role']:<8} pid {e['pid']:<8} host {e['host']}"
+                f"  WORKER_MODE={e['worker_mode']!r}"
+                f"  serves {', '.join(e['services']) or 'no services'}"
+                f"{' + requests' if e['serves_requests'] else ''}  x{e['processes']}"
+                f"  since {started}, heartbeat {ago:.0f} s ago"
+            )
+        self.stdout.write("Services:")
+        for row in report["services"]:
+            nodes = ", ".join(row["nodes"]) or "none"
+            flag = "  <- UNCOVERED: queued work, no live node serves it" if row["uncovered"] else ""
+            self.stdout.write(
+                f"  {row['key']:<22} queued {row['queued']:<6} running {row['running']:<4} "
+                f"failed {row['failed']:<5} nodes {nodes}{flag}"
+            )
+        if report["uncovered"]:
+            self.stderr.write(f"Uncovered service keys: {', '.join(report['uncovered'])}")

@@ -1,0 +1,146 @@
+"""Node presence in Redis, uncovered service keys, and where they are reported."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from io import StringIO
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from tests.conftest import free_port, wait_for_http, wait_until
+from worker_mode import coverage, enqueue, presence
+
+pytestmark = pytest.mark.usefixtures("redis_conn")
+
+
+def test_an_announced_process_is_listed_with_its_details_until_it_stops():
+    heartbeat = presence.announce("workers", processes=3, services=["workflow:process"])
+    try:
+        (entry,) = presence.live_entries()
+        assert entry["role"] == "workers" and entry["processes"] == 3
+        assert entry["services"] == ["workflow:process"]
+        for field in ("node", "host", "pid", "started_at", "heartbeat_at", "version"):
+            assert entry[field] not in (None, ""), field
+        assert entry["worker_mode"] == "" and entry["serves_requests"] is True  # the test settings' mode
+    finally:
+        heartbeat.stop()
+    assert presence.live_entries() == []
+
+
+def test_an_entry_lapses_when_its_heartbeats_stop():
+    heartbeat = presence.Heartbeat(presence.describe_process("http"), ttl=0.3)
+    assert heartbeat.beat()  # one beat, no thread: like a process that was killed afterwards
+    assert len(presence.live_entries()) == 1
+    time.sleep(0.4)
+    assert presence.live_entries() == []
+
+
+def test_the_heartbeat_thread_renews_the_entry():
+    heartbeat = presence.Heartbeat(presence.describe_process("node"), interval=0.1, ttl=0.3).start()
+    try:
+        time.sleep(0.6)  # twice the TTL: alive only because the thread renewed it
+        assert [e["role"] for e in presence.live_entries()] == ["node"]
+    finally:
+        heartbeat.stop()
+
+
+def test_a_key_with_queued_work_and_no_serving_node_is_uncovered(redis_conn):
+    assert coverage.uncovered_keys(cached=False) == []  # nothing queued: no alarm
+    redis_conn.rpush("rq:queue:async-task:process", "some-job-id")
+    assert coverage.uncovered_keys(cached=False) == ["async-task:process"]
+    http = presence.announce("http", services=["async-task:process"])  # not a worker: does not count
+    workers = presence.announce("workers", services=["async-task:process"])
+    try:
+        assert coverage.uncovered_keys(cached=False) == []
+        status = {row["key"]: row for row in coverage.service_status()}
+        assert status["async-task:process"]["queued"] == 1
+        assert status["async-task:process"]["nodes"] == [presence.describe_process("x")["node"]]
+        assert status["workflow:process"]["uncovered"] is False  # empty queue
+    finally:
+        workers.stop()
+        http.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_warns_once_a_minute_while_nobody_serves_the_key(caplog):
+    with caplog.at_level(logging.WARNING, logger="worker_mode.coverage"):
+        enqueue("async-task:process", "os.getpid")
+        enqueue("async-task:process", "os.getpid")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "worker_mode.coverage"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("No live node serves async-task:process")
+    coverage.forget()
+    caplog.clear()
+    heartbeat = presence.announce("workers", services=["async-task:process"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="worker_mode.coverage"):
+            enqueue("async-task:process", "os.getpid")
+        assert not [r for r in caplog.records if r.name == "worker_mode.coverage"]
+    finally:
+        heartbeat.stop()
+
+
+@pytest.mark.django_db
+def test_readyz_reports_uncovered_keys_without_failing(client, redis_conn):
+    redis_conn.rpush("rq:queue:workflow:process", "job")
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["uncovered"] == ["workflow:process"]
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_a_banner_for_uncovered_keys(client, redis_conn):
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-root-123"))
+    assert b'id="uncovered-services"' not in client.get("/admin/").content
+    redis_conn.rpush("rq:queue:async-task:process", "job")
+    coverage.forget()
+    page = client.get("/admin/").content.decode()
+    assert 'id="uncovered-services"' in page and "No live node serves async-task:process" in page
+
+
+def test_workermode_cluster_lists_nodes_services_and_uncovered_keys(redis_conn):
+    redis_conn.rpush("rq:queue:async-task:process", "job")
+    heartbeat = presence.announce("workers", processes=2, services=["workflow:process"])
+    try:
+        out, err = StringIO(), StringIO()
+        call_command("workermode", "--cluster", stdout=out, stderr=err)
+        text = out.getvalue()
+        assert "Live node processes: 1" in text and "workers" in text and "x2" in text
+        assert "async-task:process     queued 1" in text and "UNCOVERED" in text
+        assert err.getvalue().strip() == "Uncovered service keys: async-task:process"
+        out = StringIO()
+        call_command("workermode", "--cluster", "--json", stdout=out)
+        report = json.loads(out.getvalue())
+        assert report["uncovered"] == ["async-task:process"]
+        assert [e["role"] for e in report["entries"]] == ["workers"]
+        assert {r["key"]: r["nodes"] for r in report["services"]}["workflow:process"] == [
+            report["entries"][0]["node"]
+        ]
+    finally:
+        heartbeat.stop()
+
+
+@pytest.mark.processes
+def test_real_nodes_announce_themselves_and_leave_on_shutdown(start_node, site_env, migrated):
+    port = free_port()
+    web = start_node(["runnode", "--bind", f"127.0.0.1:{port}"], "!", NODE_NAME="web-1")
+    workers = start_node(["runworkers"], "workflow:process", NODE_NAME="flows-1")
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", web)
+
+    def roles():
+        return sorted((e["node"], e["role"]) for e in presence.live_entries())
+
+    wait_until(lambda: len(roles()) == 3, timeout=30)
+    assert roles() == [("flows-1", "workers"), ("web-1", "http"), ("web-1", "node")]
+    entries = {(e["node"], e["role"]): e for e in presence.live_entries()}
+    assert entries[("web-1", "http")]["serves_requests"] is True
+    assert entries[("flows-1", "workers")]["services"] == ["workflow:process"]
+    assert coverage.serving_nodes("workflow:process", presence.live_entries()) == ["flows-1"]
+    workers.stop()
+    assert roles() == [("web-1", "http"), ("web-1", "node")]  # a stopped node withdraws at once
+    web.stop()
+    assert roles() == []
