@@ -144,3 +144,50 @@ def test_real_nodes_announce_themselves_and_leave_on_shutdown(start_node, site_e
     assert roles() == [("web-1", "http"), ("web-1", "node")]  # a stopped node withdraws at once
     web.stop()
     assert roles() == []
+
+
+@pytest.mark.django_db
+def test_metrics_for_autoscalers(client, settings, redis_conn):
+    assert client.get("/metrics").status_code == 401
+    settings.WORKER_MODE_METRICS_TOKEN = "s3cret-token"
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    redis_conn.rpush("rq:queue:async-task:process", "a", "b")
+    heartbeat = presence.announce("workers", processes=3, services=["workflow:process"])
+    try:
+        response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-token")
+    finally:
+        heartbeat.stop()
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
+    text = response.content.decode()
+    lines = set(text.splitlines())
+    assert 'worker_mode_service_queued_jobs{service="async-task:process"} 2.0' in lines
+    assert 'worker_mode_service_uncovered{service="async-task:process"} 1.0' in lines
+    assert 'worker_mode_service_nodes{service="workflow:process"} 1.0' in lines
+    assert 'worker_mode_service_worker_processes{service="workflow:process"} 3.0' in lines
+    assert 'worker_mode_service_uncovered{service="workflow:process"} 0.0' in lines
+    assert 'rq_jobs{queue="async-task:process",status="queued"} 2.0' in lines  # django-rq's collector
+    staff = User.objects.create_user("ops", password="pw-ops-12345", is_staff=True)
+    client.force_login(staff)
+    assert client.get("/metrics").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_cluster_admin_page(client, redis_conn):
+    from django.contrib.auth.models import Permission
+
+    user = User.objects.create_user("viewer", password="pw-view-12345", is_staff=True)
+    client.force_login(user)
+    assert client.get("/admin/worker_mode/cluster/").status_code == 403
+    user.user_permissions.add(Permission.objects.get(codename="view_cluster"))
+    redis_conn.rpush("rq:queue:async-task:process", "job")
+    heartbeat = presence.announce("workers", processes=2, services=["workflow:process"])
+    try:
+        page = client.get("/admin/worker_mode/cluster/")
+    finally:
+        heartbeat.stop()
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="cluster-uncovered"' in html and "async-task:process" in html
+    assert '<a href="/django-rq/queues/0/">queue</a>' in html
+    assert "<td>workers</td>" in html and "workflow:process" in html
+    assert b"Cluster" in client.get("/admin/").content  # listed on the index

@@ -63,6 +63,10 @@ class Settings:
         return str(_get("WORKER_MODE_GUNICORN_CONFIG") or "")
 
     @property
+    def WORKER_MODE_METRICS_TOKEN(self) -> str:
+        return str(_get("WORKER_MODE_METRICS_TOKEN") or "")
+
+    @property
     def REDIS_URL(self) -> str:
         return _get("REDIS_URL")
 

@@ -30,5 +30,8 @@ WORKER_MODE_NODE_NAME = ""
 WORKER_MODE_GUNICORN_CONFIG = ""
 """Path of the gunicorn config file runnode passes with -c; empty: gunicorn's own default."""
 
+WORKER_MODE_METRICS_TOKEN = ""
+"""Bearer token that may read /metrics (Prometheus); empty: staff sessions only."""
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 """The Redis the automatic RQ_QUEUES use (one queue per registered service key)."""

@@ -2,11 +2,12 @@
 
 from django.urls import path
 
-from . import views
+from . import metrics, views
 
 app_name = "worker_mode"
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]
