@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run test lint format bench bench-workflows bench-import-export clean
+.PHONY: install run test lint format bench bench-workflows bench-import-export cluster clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ bench: install
 bench-workflows: install
 	scripts/ensure_redis.sh install
 	$(PY) bench/workflows.py
+
+# The three-node example on this machine (PostgreSQL: DATABASE_URL or a local nocobase_cluster database).
+cluster: install
+	scripts/ensure_redis.sh start "$(REDIS_URL)"
+	$(PY) scripts/cluster.py
 
 # Needs PostgreSQL at DATABASE_URL; installs the 'bench' extra (django-import-export) for the comparison.
 bench-import-export: install
