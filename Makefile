@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run test lint format bench bench-workflows bench-import-export cluster clean
+.PHONY: install run test lint format bench bench-workflows bench-import-export bench-isolation cluster clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ bench: install
 bench-workflows: install
 	scripts/ensure_redis.sh install
 	$(PY) bench/workflows.py
+
+# Request latency while worker nodes process a backlog (needs root: a private PostgreSQL; installs wrk).
+bench-isolation: install
+	command -v wrk >/dev/null || (. scripts/apt.sh && apt_install wrk)
+	$(PY) bench/isolation.py $(BENCH_ARGS)
 
 # The three-node example on this machine (PostgreSQL: DATABASE_URL or a local nocobase_cluster database).
 cluster: install

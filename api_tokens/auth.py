@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 from collections.abc import Callable
@@ -13,6 +14,9 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from .models import ApiToken, hash_token
+
+#: How stale ``ApiToken.last_used_at`` may be.
+LAST_USED_PRECISION = datetime.timedelta(seconds=60)
 
 
 def error(status: int, message: str, **extra: Any) -> JsonResponse:
@@ -31,7 +35,10 @@ def _token_user(request: HttpRequest):
     )
     if token is None or (token.expires_at is not None and token.expires_at <= timezone.now()):
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    now = timezone.now()
+    # At most one write a minute per token: a busy client's reads stay reads.
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_PRECISION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
 
 

@@ -59,6 +59,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 RQ = {"COMMIT_MODE": "on_db_commit"}
 
 # Models workflows may trigger on and read/write (the demo collection).
+WORKER_MODE_WORKER_NICE = int(os.environ.get("WORKER_MODE_WORKER_NICE", "10"))
 WORKER_MODE_METRICS_TOKEN = os.environ.get("WORKER_MODE_METRICS_TOKEN", "")
 WORKFLOWS_COLLECTIONS = env_list("WORKFLOWS_COLLECTIONS", "catalog.Product,catalog.Order")
 # Private addresses HTTP nodes may call; `make run` allows loopback for the demo webhook.

@@ -63,6 +63,10 @@ class Settings:
         return str(_get("WORKER_MODE_GUNICORN_CONFIG") or "")
 
     @property
+    def WORKER_MODE_WORKER_NICE(self) -> int:
+        return int(_get("WORKER_MODE_WORKER_NICE"))
+
+    @property
     def WORKER_MODE_METRICS_TOKEN(self) -> str:
         return str(_get("WORKER_MODE_METRICS_TOKEN") or "")
 

@@ -30,6 +30,9 @@ WORKER_MODE_NODE_NAME = ""
 WORKER_MODE_GUNICORN_CONFIG = ""
 """Path of the gunicorn config file runnode passes with -c; empty: gunicorn's own default."""
 
+WORKER_MODE_WORKER_NICE = 10
+"""Niceness added to worker processes (0-19): on a machine shared with gunicorn, requests go first."""
+
 WORKER_MODE_METRICS_TOKEN = ""
 """Bearer token that may read /metrics (Prometheus); empty: staff sessions only."""
 

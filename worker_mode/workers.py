@@ -218,6 +218,12 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     connections.close_all()  # the parent's sockets must not be shared
+    if conf.WORKER_MODE_WORKER_NICE:
+        # Background work yields the CPU to request handling on the same machine.
+        try:
+            os.nice(conf.WORKER_MODE_WORKER_NICE)
+        except OSError as exc:
+            logger.warning("Could not lower the worker's CPU priority: %s", exc)
 
     wait_for_redis(group.queues[0])
     worker_class = import_string(worker_class_path)

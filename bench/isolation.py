@@ -1,0 +1,317 @@
+"""The headline number: does background work slow down the request nodes?
+
+On this 2-CPU machine, nodes are simulated by pinning processes to CPUs (``taskset``):
+the request node (WORKER_MODE '!') on CPU 0; the worker node (workflow:process and
+async-task:process), a private PostgreSQL and a private redis-server on CPU 1 — the
+database is shared by every node, as in a cluster. ``wrk`` (on CPU 1, real-time
+priority, so it measures rather than queues) keeps a fixed number of connections busy
+on an authenticated JSON API view (``GET /api/tasks``: token check, a write of the
+token's last use, a paginated query) for a fixed time, in three phases of one run:
+
+1. idle: no background work;
+2. split: while the worker node processes a heavy backlog (a ``--rows`` import plus
+   ``--executions`` workflow executions, condition -> calculation -> update record);
+3. all-in-one, for comparison: the same backlog processed by one node with an empty
+   WORKER_MODE (requests and every service) on CPU 0, sharing the request node's CPU.
+
+Printed: requests/s, p50 and p99 latency per phase, how much backlog was processed
+during each measured window, and p99 of each loaded phase over idle.
+
+    .venv/bin/python bench/isolation.py [--rows 1000000] [--executions 5000] [--duration 15]
+        [--connections 4]
+
+Needs root (a private PostgreSQL is started as the ``postgres`` user) and Debian's
+``wrk`` (``make bench-isolation`` installs it). Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listens on port {port} after {timeout} s")
+
+
+class Postgres:
+    """A private PostgreSQL 15 cluster on CPU 1 (run as the postgres user)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "pg"
+        self.port = free_port()
+        self.dir.mkdir()
+        shutil.chown(self.dir, "postgres")
+        self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "postgres"])
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=50"
+        self._as_postgres(
+            ["taskset", "-c", "1", str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-o", options, "-w", "start"]
+        )
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, args: list[str]) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-m", "immediate", "stop"])
+
+
+class Node:
+    def __init__(self, cpu: int, worker_mode: str, env: dict[str, str], *args: str) -> None:
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(cpu), sys.executable, str(ROOT / "manage.py"), "runnode", *args],
+            env={**env, "WORKER_MODE": worker_mode},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        # Twice: the second SIGTERM makes the shutdown cold (a running import is cut short).
+        for _ in range(2):
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                time.sleep(0.5)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+def write_csv(path: Path, rows: int) -> None:
+    rng = random.Random(7)
+    with path.open("w") as out:
+        out.write("sku,name,price,quantity,active,created\n")
+        for i in range(rows):
+            price = rng.randint(0, 99999) / 100
+            out.write(f"I{i:08d},item {i},{price:.2f},{rng.randint(0, 500)},true,2024-03-0{1 + i % 9}\n")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, token: str, duration: int, connections: int) -> dict[str, float]:
+    output = subprocess.run(
+        ["chrt", "-f", "50", "taskset", "-c", "1", "wrk", "-t", "1", "-c", str(connections),
+         "-d", f"{duration}s", "--latency", "-H", f"Authorization: Bearer {token}", url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    figures = {}
+    for label in ("50%", "99%"):
+        value, unit = re.search(rf"^\s+{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
+        figures[label] = float(value) * _UNITS[unit]
+    figures["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    figures["non2xx"] = int(bad.group(1)) if bad else 0
+    figures["socket_errors"] = errors.group(1) if errors else ""
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--executions", type=int, default=5000)
+    parser.add_argument("--duration", type=int, default=15, help="seconds of load per phase")
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+    if os.cpu_count() < 2 or not shutil.which("wrk") or os.geteuid() != 0:
+        raise SystemExit("needs 2 CPUs, wrk (apt-get install wrk) and root")
+    os.sched_setaffinity(0, {1})  # this process prepares backlogs: keep it off the request node's CPU
+    tmp = Path(tempfile.mkdtemp(prefix="bench-isolation-"))
+    shutil.chown(tmp, "postgres")
+    pg = Postgres(tmp)
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        ["taskset", "-c", "1", shutil.which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(redis_port)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WORKER_MODE")},
+        "DJANGO_SETTINGS_MODULE": "nocobase_site.settings",
+        "DATABASE_URL": pg.url,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "VAR_DIR": str(tmp / "var"),
+        "ASYNC_TASKS_DIR": str(tmp / "tasks"),
+        "LOG_LEVEL": "WARNING",
+        "GUNICORN_ACCESS_LOG": "",
+        "WEB_CONCURRENCY": "2",
+        "WORKER_MODE_SERVICE_PROCESSES": "workflow:process=1",
+        "WORKER_MODE_PROCESSES": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)
+    nodes: list[Node] = []
+    try:
+        subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, check=True)
+        run(args, env, tmp, nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.terminate()
+        redis.wait(10)
+        from django.db import connections
+
+        connections.close_all()
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[Node]) -> None:
+    sys.path.insert(0, str(ROOT))
+    import logging
+
+    import django
+
+    django.setup()
+    logging.getLogger("worker_mode.coverage").setLevel(
+        logging.ERROR
+    )  # backlogs are queued before workers start
+    from decimal import Decimal
+
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    from api_tokens.models import ApiToken
+    from async_tasks import tasks
+    from async_tasks.models import AsyncTask
+    from catalog.models import Product
+    from worker_mode.queues import get_connection
+    from workflows import triggers
+    from workflows.models import Execution, Workflow
+    from workflows.models import Node as WorkflowNode
+
+    user = User.objects.create_superuser("bench", "bench@example.com", "pw-bench-12345")
+    _, token = ApiToken.issue(user, "isolation")
+    for _ in range(20):  # something for the page to list
+        AsyncTask.objects.create(
+            kind="export", model="catalog.Product", format="csv", owner=user, status="succeeded"
+        )
+    workflow = Workflow.objects.create(key="bench", title="bench", enabled=True, trigger_type="manual")
+    WorkflowNode.objects.bulk_create(
+        [
+            WorkflowNode(workflow=workflow, key="enough", type="condition",
+                         config={"expression": "{{ $context.quantity }} > 0"}),
+            WorkflowNode(workflow=workflow, key="left", type="calculation", upstream="enough", branch="true",
+                         config={"expression": "1000000000 - {{ $context.quantity }}"}),
+            WorkflowNode(workflow=workflow, key="save", type="update", upstream="left",
+                         config={"collection": "catalog.Product", "filter": {"sku": "{{ $context.sku }}"},
+                                 "values": {"quantity": "{{ $jobs.left }}"}}),
+        ]
+    )  # fmt: skip
+    upload = tmp / "import.csv"
+    write_csv(upload, args.rows)
+    web_port = free_port()
+    url = f"http://127.0.0.1:{web_port}/api/tasks"
+
+    def backlog() -> None:
+        """Queue the heavy work: one import of --rows rows and --executions executions."""
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE catalog_product RESTART IDENTITY CASCADE")
+        Execution.objects.all().delete()
+        AsyncTask.objects.filter(kind="import").delete()
+        get_connection("workflow:process").flushdb()
+        Product.objects.bulk_create(
+            Product(sku=f"W-{i:04d}", name="w", price=Decimal(1), quantity=10**9) for i in range(1000)
+        )
+        with upload.open("rb") as handle:
+            tasks.create_import(user, "catalog.Product", handle, name="import.csv")
+        for i in range(args.executions):
+            triggers.trigger_manually(workflow, {"quantity": i % 7 + 1, "sku": f"W-{i % 1000:04d}"})
+
+    def progress() -> tuple[int, int]:
+        task = AsyncTask.objects.filter(kind="import").first()
+        return (task.done if task else 0), Execution.objects.filter(status="resolved").count()
+
+    def measure(label: str) -> dict:
+        before = progress()
+        figures = wrk(url, token, args.duration, args.connections)
+        after = progress()
+        figures["rows"], figures["executions"] = after[0] - before[0], after[1] - before[1]
+        errors = f", non-2xx {figures['non2xx']}" + (
+            f", socket errors {figures['socket_errors']}" if figures["socket_errors"] else ""
+        )
+        done = f"{figures['rows']:,} rows, {figures['executions']:,} executions"
+        latency = f"p50 {figures['50%']:6.1f} ms  p99 {figures['99%']:6.1f} ms"
+        print(
+            f"{label:<52} {figures['rps']:5.0f} req/s  {latency}{errors}; backlog done in the window: {done}",
+            flush=True,
+        )
+        return figures
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
+        f"Django {django.get_version()}; PostgreSQL 15 and Redis private, on CPU 1"
+    )
+    print(
+        f"load: wrk, {args.connections} connections, {args.duration} s per phase, "
+        "GET /api/tasks (token auth); "
+        f"backlog: import of {args.rows:,} rows + {args.executions:,} workflow executions"
+    )
+
+    # 1. idle
+    web = Node(0, "!", env, "--bind", f"127.0.0.1:{web_port}")
+    nodes.append(web)
+    wait_port(web_port)
+    time.sleep(2)
+    wrk(url, token, 3, args.connections)  # warm-up
+    idle = measure("1. idle: request node '!' on CPU 0")
+
+    # 2. split: the backlog on the worker node (CPU 1)
+    backlog()
+    worker_port = free_port()
+    workers = Node(1, "workflow:process,async-task:process", env, "--bind", f"127.0.0.1:{worker_port}")
+    nodes.append(workers)
+    time.sleep(4)  # workers started and busy
+    split = measure("2. split: backlog on the worker node, CPU 1")
+    workers.stop()
+    nodes.remove(workers)
+    web.stop()
+    nodes.remove(web)
+
+    # 3. all-in-one on CPU 0
+    backlog()
+    allinone = Node(0, "", env, "--bind", f"127.0.0.1:{web_port}")
+    nodes.append(allinone)
+    wait_port(web_port)
+    time.sleep(4)
+    mixed = measure("3. all-in-one: same backlog, WORKER_MODE '' on CPU 0")
+
+    print()
+    print(f"p99 under load / idle: split {split['99%'] / idle['99%']:.2f}x (goal <= 1.25x), "
+          f"all-in-one {mixed['99%'] / idle['99%']:.2f}x")  # fmt: skip
+    print(f"throughput under load / idle: split {split['rps'] / idle['rps']:.2f}x, "
+          f"all-in-one {mixed['rps'] / idle['rps']:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
