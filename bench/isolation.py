@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--executions", type=int, default=5000)
     parser.add_argument("--duration", type=int, default=15, help="seconds of load per phase")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--path", default="/api/tasks", help="the page to load (e.g. /healthz: no database)")
     args = parser.parse_args()
     if os.cpu_count() < 2 or not shutil.which("wrk") or os.geteuid() != 0:
         raise SystemExit("needs 2 CPUs, wrk (apt-get install wrk) and root")
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
     upload = tmp / "import.csv"
     write_csv(upload, args.rows)
     web_port = free_port()
-    url = f"http://127.0.0.1:{web_port}/api/tasks"
+    url = f"http://127.0.0.1:{web_port}{args.path}"
 
     def backlog() -> None:
         """Queue the heavy work: one import of --rows rows and --executions executions."""
@@ -274,7 +275,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
     )
     print(
         f"load: wrk, {args.connections} connections, {args.duration} s per phase, "
-        "GET /api/tasks (token auth); "
+        f"GET {args.path} (token auth); "
         f"backlog: import of {args.rows:,} rows + {args.executions:,} workflow executions"
     )
 
