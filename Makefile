@@ -33,6 +33,7 @@ run: install
 
 test: install
 	scripts/ensure_redis.sh install
+	scripts/ensure_browser.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
