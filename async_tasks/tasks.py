@@ -321,16 +321,17 @@ def recover(now: datetime.datetime | None = None, *, pending_grace: float | None
                 logger.error("Task %s failed: its worker %s died", row["id"], row["worker"])
                 counts["failed"] += 1
     grace = conf.ASYNC_TASKS_PENDING_GRACE if pending_grace is None else pending_grace
-    pending = list(
-        AsyncTask.objects.filter(
-            status=Status.PENDING, created_at__lte=now - datetime.timedelta(seconds=grace)
-        ).order_by("id")[:_BATCH]
-    )
-    lost = lost_jobs(SERVICE_KEY, [t.job_id for t in pending])
-    for task in pending:
-        if task.job_id in lost:
-            _dispatch(task)
-            counts["requeued"] += 1
+    waiting = AsyncTask.objects.filter(
+        status=Status.PENDING, created_at__lte=now - datetime.timedelta(seconds=grace)
+    ).order_by("id")
+    last_id = 0
+    while page := list(waiting.filter(id__gt=last_id)[:_BATCH]):
+        last_id = page[-1].pk
+        lost = lost_jobs(SERVICE_KEY, [t.job_id for t in page])
+        for task in page:
+            if task.job_id in lost:
+                _dispatch(task)
+                counts["requeued"] += 1
     if any(counts.values()):
         logger.warning(
             "Recovered tasks: %d failed, %d retried, %d re-enqueued",

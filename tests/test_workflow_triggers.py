@@ -288,3 +288,14 @@ def test_order_workflow_on_a_created_order(product):
     drain()
     order.refresh_from_db()
     assert order.status == "rejected"
+
+
+def test_lost_messages_behind_a_long_healthy_backlog_are_recovered(monkeypatch, redis_conn):
+    monkeypatch.setattr(recovery, "_BATCH", 10)  # pages of 10: the lost ones sit on the third page
+    workflow = build_workflow([{"key": "n", "type": "calculation", "config": {"expression": "1"}}])
+    executions = [triggers.trigger_manually(workflow, {}) for _ in range(25)]
+    assert redis_conn.llen("rq:queue:workflow:process") == 25
+    for execution in executions[-3:]:
+        redis_conn.delete(f"rq:job:{execution.job_id}")  # their messages are gone
+    assert recovery.recover(queued_grace=0)["requeued"] == 3
+    assert recovery.recover(queued_grace=0)["requeued"] == 0

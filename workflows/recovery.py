@@ -42,19 +42,24 @@ def recover(now: datetime.datetime | None = None, *, queued_grace: float | None 
         if lease_lapsed or not worker_is_alive(row["worker"], connection):
             counts[_recover_started(row, now, "its lease lapsed" if lease_lapsed else "its worker died")] += 1
     grace = conf.WORKFLOWS_QUEUED_GRACE if queued_grace is None else queued_grace
-    queued = list(
+    waiting = (
         Execution.objects.filter(
             status=Status.QUEUED, created_at__lte=now - datetime.timedelta(seconds=grace)
         )
         .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
         .select_related("workflow")
-        .order_by("id")[:_BATCH]
+        .order_by("id")
     )
-    lost = lost_jobs(SERVICE_KEY, [e.job_id for e in queued])
-    for execution in queued:
-        if execution.job_id in lost:
-            engine.dispatch(execution)
-            counts["requeued"] += 1
+    # Page through all of them: a long backlog of queued executions whose messages are fine
+    # must not hide lost ones behind it.
+    last_id = 0
+    while page := list(waiting.filter(id__gt=last_id)[:_BATCH]):
+        last_id = page[-1].pk
+        lost = lost_jobs(SERVICE_KEY, [e.job_id for e in page])
+        for execution in page:
+            if execution.job_id in lost:
+                engine.dispatch(execution)
+                counts["requeued"] += 1
     if any(counts.values()):
         logger.warning(
             "Recovered executions: %d resumed, %d aborted, %d re-enqueued",

@@ -1,0 +1,328 @@
+"""Faults on real processes, timed: how long until everything is done again, and what was lost.
+
+On PostgreSQL (a database ``nocobase_bench_faults`` created and dropped by the run) and a
+private redis-server this run can kill and restart, with the site's default recovery
+settings (WORKFLOWS_RECOVERY_INTERVAL 30 s, WORKFLOWS_QUEUED_GRACE 10 s,
+ASYNC_TASKS_RECOVER_RUNNING "fail"):
+
+1. Redis restarted empty with 1,000 queued executions: time from the worker node's start
+   until all are resolved; how many ran more than once.
+2. Redis down for 10 s while a request node takes triggers over HTTP (20/s): answers by
+   status, then time from Redis's return until every execution is resolved.
+3. SIGKILL of the workflow worker process mid-execution: time until the execution is
+   resolved again (the supervisor restarts the worker, recovery resumes the execution).
+4. SIGKILL of the import worker mid-import: time until the task is failed with a reason.
+5. SIGTERM to a worker node running an execution, three more queued: time to exit, and
+   what became of the four.
+
+    .venv/bin/python bench/faults.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DB = "nocobase_bench_faults"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait(predicate, timeout: float, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"not done within {timeout} s: {predicate.__doc__ or predicate}")
+
+
+class Redis:
+    def __init__(self, tmp: Path) -> None:
+        self.port, self.tmp, self.process = free_port(), tmp, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+
+        def answers():
+            try:
+                return client.ping()
+            except redis.ConnectionError:
+                return False
+
+        wait(answers, 10, 0.05)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+class Node:
+    def __init__(self, env: dict[str, str], worker_mode: str, name: str, *args: str) -> None:
+        self.log = open(env["VAR_DIR"] + f"/{name}.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            env={**env, "WORKER_MODE": worker_mode, "NODE_NAME": name},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self.log.close()
+
+
+class SlowHook(BaseHTTPRequestHandler):
+    delay = 2.0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.delay)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+        except BrokenPipeError:
+            pass  # the worker that called was killed: that is the point
+
+    def log_message(self, *args):
+        pass
+
+
+def main() -> None:
+    server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-faults-"))
+    (tmp / "var").mkdir()
+    redis = Redis(tmp)
+    redis.start()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WORKER_MODE")},
+        "DJANGO_SETTINGS_MODULE": "nocobase_site.settings",
+        "DATABASE_URL": urlunsplit(urlsplit(server)._replace(path=f"/{BENCH_DB}")),
+        "REDIS_URL": redis.url,
+        "VAR_DIR": str(tmp / "var"),
+        "ASYNC_TASKS_DIR": str(tmp / "tasks"),
+        "LOG_LEVEL": "INFO",
+        "GUNICORN_ACCESS_LOG": "",
+        "WEB_CONCURRENCY": "2",
+        "WORKFLOWS_HTTP_ALLOWED_NETWORKS": "127.0.0.1",
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), SlowHook)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, check=True)
+        run(env, redis, f"http://127.0.0.1:{httpd.server_address[1]}/")
+    finally:
+        httpd.shutdown()
+        if redis.process.poll() is None:
+            redis.kill()
+        from django.db import connections
+
+        connections.close_all()
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(env: dict[str, str], redis: Redis, hook_url: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    import logging
+
+    import django
+
+    django.setup()
+    logging.getLogger("worker_mode").setLevel(logging.ERROR)
+    from django.contrib.auth.models import User
+    from django.db.models import Max
+
+    from api_tokens.models import ApiToken
+    from async_tasks import tasks
+    from async_tasks.models import AsyncTask
+    from catalog.models import Product
+    from workflows import triggers
+    from workflows.models import Execution, Workflow
+    from workflows.models import Node as WorkflowNode
+
+    def workflow(key: str, nodes: list[dict]) -> Workflow:
+        flow = Workflow.objects.create(key=key, title=key, enabled=True, trigger_type="manual")
+        WorkflowNode.objects.bulk_create(WorkflowNode(workflow=flow, **node) for node in nodes)
+        return flow
+
+    calc = workflow(
+        "calc", [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.n }} * 2"}}]
+    )
+    slow = workflow(
+        "slow", [{"key": "hook", "type": "http", "config": {"url": hook_url, "body": {}, "timeout": 10}}]
+    )
+    user = User.objects.create_superuser("bench", "bench@example.com", "pw-bench-12345")
+    _, token = ApiToken.issue(user, "faults")
+    print(
+        f"machine: {os.uname().machine}, {os.cpu_count()} CPUs; PostgreSQL, private redis-server; "
+        "default recovery settings"
+    )
+
+    # 1. Redis restarted empty with 1,000 queued executions
+    for n in range(1000):
+        triggers.trigger_manually(calc, {"n": n})
+    redis.kill()
+    redis.start()
+    started = time.monotonic()
+    node = Node(env, "workflow:process", "flows", "runworkers", "--processes", "2")
+    rows = Execution.objects.filter(workflow=calc)
+
+    def all_resolved():
+        """all 1,000 resolved"""
+        return rows.filter(status="resolved").count() == 1000
+
+    wait(all_resolved, 180, 0.5)
+    print(
+        "1. Redis restarted empty, 1,000 queued executions: all resolved "
+        f"{time.monotonic() - started:.1f} s after "
+        f"the worker node started; attempts at most {rows.aggregate(m=Max('attempts'))['m']} (none ran twice)"
+    )
+
+    # 2. Redis down for 10 s while the request node takes triggers
+    port = free_port()
+    web = Node(env, "!", "web", "runnode", "--bind", f"127.0.0.1:{port}")
+    wait(lambda: _status(f"http://127.0.0.1:{port}/healthz") == 200, 30)
+    answers: dict[int, int] = {}
+    before = rows.count()
+
+    def trigger() -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/workflows/calc/trigger", data=b'{"n": 1}', method="POST"
+        )
+        request.add_header("Authorization", f"Bearer {token}")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    redis.kill()
+    down_until = time.monotonic() + 10
+    while time.monotonic() < down_until:
+        code = trigger()
+        answers[code] = answers.get(code, 0) + 1
+        time.sleep(0.05)
+    redis.start()
+    back = time.monotonic()
+    total = before + sum(answers.values())
+
+    def caught_up():
+        """every execution resolved"""
+        return rows.filter(status="resolved").count() == total
+
+    wait(caught_up, 180, 0.5)
+    print(
+        f"2. Redis down 10 s: {sum(answers.values())} triggers through the request node answered "
+        f"{json.dumps(answers)}; all resolved {time.monotonic() - back:.1f} s after Redis came back"
+    )
+    web.stop()
+
+    # 3. SIGKILL of the workflow worker mid-execution
+    execution = triggers.trigger_manually(slow, {})
+    wait(lambda: Execution.objects.get(pk=execution.pk).status == "started", 30)
+    execution.refresh_from_db()
+    killed = time.monotonic()
+    os.kill(int(execution.worker.rsplit(".", 1)[1]), signal.SIGKILL)
+    wait(lambda: Execution.objects.get(pk=execution.pk).status in Execution.FINISHED, 120, 0.1)
+    execution.refresh_from_db()
+    print(
+        f"3. SIGKILL of the workflow worker mid-execution: {execution.status} "
+        f"{time.monotonic() - killed:.1f} s "
+        f"after the kill (attempt {execution.attempts}; the slow node itself takes {SlowHook.delay:.0f} s)"
+    )
+    node.stop()
+
+    # 4. SIGKILL of the import worker mid-import
+    lines = "".join(f"K{i:07d},k,1.00,1,true,2024-01-01\n" for i in range(300_000))
+    path = Path(env["VAR_DIR"]) / "import.csv"
+    path.write_text("sku,name,price,quantity,active,created\n" + lines)
+    with path.open("rb") as handle:
+        task = tasks.create_import(user, "catalog.Product", handle, name="import.csv")
+    importer = Node(env, "async-task:process", "imports", "runworkers")
+    wait(lambda: AsyncTask.objects.get(pk=task.pk).done >= 20_000, 60, 0.05)
+    task.refresh_from_db()
+    killed = time.monotonic()
+    os.kill(int(task.worker.rsplit(".", 1)[1]), signal.SIGKILL)
+    wait(lambda: AsyncTask.objects.get(pk=task.pk).status in AsyncTask.FINISHED, 120, 0.1)
+    task.refresh_from_db()
+    print(
+        f"4. SIGKILL of the import worker at {task.done:,} of 300,000 rows: {task.status} "
+        f"{time.monotonic() - killed:.1f} s after the kill ({task.error!r}); "
+        f"{Product.objects.count():,} rows committed before it stay"
+    )
+    importer.stop()
+
+    # 5. SIGTERM to a worker node with one running and three queued executions
+    node = Node(env, "workflow:process", "deploy", "runworkers")
+    time.sleep(3)
+    batch = [triggers.trigger_manually(slow, {}) for _ in range(4)]
+    ids = [e.pk for e in batch]
+    wait(lambda: Execution.objects.filter(pk__in=ids, status="started").exists(), 30)
+    signaled = time.monotonic()
+    os.killpg(node.process.pid, signal.SIGTERM)
+    node.process.wait(60)
+    took = time.monotonic() - signaled
+    statuses = sorted(Execution.objects.filter(pk__in=ids).values_list("status", flat=True))
+    print(
+        f"5. SIGTERM with one execution running, three queued: the node exited after {took:.1f} s; {statuses}"
+    )
+    node.stop()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except (urllib.error.URLError, ConnectionError):
+        return 0
+
+
+if __name__ == "__main__":
+    main()
