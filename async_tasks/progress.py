@@ -25,3 +25,15 @@ class ProgressLine:
         if task.finished:
             self.stream.write("\n")
         self.stream.flush()
+
+
+def run_or_queue(command, task: AsyncTask, *, run_async: bool, verbosity: int) -> AsyncTask | None:
+    """For importrecords/exportrecords: say a queued task's id, or run it here with a progress line."""
+    from . import tasks
+
+    if run_async:
+        command.stdout.write(f"Task {task.pk} queued on async-task:process.")
+        return None
+    tasks.run(task.pk, on_progress=ProgressLine(command.stderr, enabled=verbosity > 0))
+    task.refresh_from_db()
+    return task

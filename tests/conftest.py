@@ -184,6 +184,17 @@ def wait_for_http(url: str, node: Node, timeout: float = 20.0) -> None:
     wait_until(up, timeout=timeout, interval=0.1)
 
 
+def shared_database_url() -> str:
+    """The URL of this test's database, for node processes that must see its committed rows."""
+    from django.db import connection
+
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    user, password = settings["USER"], settings["PASSWORD"]
+    return f"postgres://{user}:{password}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+
+
 @pytest.fixture
 def migrated(site_env: dict[str, str]) -> None:
     """Migrate the node processes' SQLite file once for the test."""

@@ -10,13 +10,12 @@ import signal
 import subprocess
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from async_tasks import storage, tasks
 from async_tasks.models import AsyncTask
 from catalog.models import Product
-from tests.conftest import drain, product_csv, wait_until
+from tests.conftest import drain, product_csv, shared_database_url, wait_until
 from worker_mode.conf import conf as worker_conf
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_conn")]
@@ -25,11 +24,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 @pytest.fixture
 def env(site_env, task_storage):
     """Node processes share this test's database and task storage."""
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        url = f"sqlite:///{settings['NAME']}"
-    else:
-        url = f"postgres://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    url = shared_database_url()
     return {**site_env, "DATABASE_URL": url, "CONN_MAX_AGE": "0", "ASYNC_TASKS_DIR": str(task_storage)}
 
 

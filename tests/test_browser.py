@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
 
 from async_tasks.models import AsyncTask
 from catalog import demo
 from catalog.models import Order, Product
-from tests.conftest import ROOT, free_port, product_csv, wait_for_http, wait_until
+from tests.conftest import ROOT, free_port, product_csv, shared_database_url, wait_for_http, wait_until
 from workflows.models import Execution
 
 pytestmark = [pytest.mark.processes, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -42,11 +41,7 @@ def browser():
 
 @pytest.fixture
 def node(start_node, site_env, task_storage):
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        url = f"sqlite:///{settings['NAME']}"
-    else:
-        url = f"postgres://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    url = shared_database_url()
     port = free_port()
     demo.load(f"http://127.0.0.1:{port}/catalog/webhook")
     env = {

@@ -14,13 +14,12 @@ import uuid
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
 
 from api_tokens.models import ApiToken
 from async_tasks.models import AsyncTask
 from catalog import demo
 from catalog.models import Order, Product, WebhookDelivery
-from tests.conftest import free_port, wait_for_http, wait_until
+from tests.conftest import free_port, shared_database_url, wait_for_http, wait_until
 from worker_mode import presence
 from workflows.models import Execution
 
@@ -29,11 +28,7 @@ pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def env(site_env, task_storage):
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        url = f"sqlite:///{settings['NAME']}"
-    else:
-        url = f"postgres://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    url = shared_database_url()
     return {
         **site_env,
         "DATABASE_URL": url,

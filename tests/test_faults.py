@@ -15,10 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis
-from django.db import connection
 
 from api_tokens.models import ApiToken
-from tests.conftest import build_workflow, free_port, http_get, wait_for_http, wait_until
+from tests.conftest import build_workflow, free_port, http_get, shared_database_url, wait_for_http, wait_until
 from workflows import triggers
 from workflows.models import Execution
 
@@ -68,11 +67,7 @@ def own_redis(settings):
 
 @pytest.fixture
 def env(site_env, own_redis):
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        url = f"sqlite:///{settings['NAME']}"
-    else:
-        url = f"postgres://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    url = shared_database_url()
     return {
         **site_env,
         "DATABASE_URL": url,

@@ -8,10 +8,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from django.db import connection
 from rq import Worker
 
-from tests.conftest import build_workflow, free_port, wait_for_http, wait_until
+from tests.conftest import build_workflow, free_port, shared_database_url, wait_for_http, wait_until
 from workflows import engine, triggers
 from workflows.models import Execution, Job
 
@@ -31,11 +30,7 @@ NODES = [
 @pytest.fixture
 def env(site_env):
     """Node processes share this test's database (committed data: a transactional test)."""
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        url = f"sqlite:///{settings['NAME']}"
-    else:
-        url = f"postgres://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    url = shared_database_url()
     return {**site_env, "DATABASE_URL": url, "CONN_MAX_AGE": "0"}
 
 

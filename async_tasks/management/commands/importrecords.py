@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from async_tasks import storage, tasks
 from async_tasks.exceptions import AsyncTaskError
 from async_tasks.importer import Mode
-from async_tasks.progress import ProgressLine
+from async_tasks.progress import run_or_queue
 
 
 def owner(username: str | None) -> Any:
@@ -65,11 +65,9 @@ class Command(BaseCommand):
                 )
         except AsyncTaskError as exc:
             raise CommandError(str(exc)) from None
-        if options["run_async"]:
-            self.stdout.write(f"Task {task.pk} queued on async-task:process.")
+        task = run_or_queue(self, task, run_async=options["run_async"], verbosity=options["verbosity"])
+        if task is None:
             return
-        tasks.run(task.pk, on_progress=ProgressLine(self.stderr, enabled=options["verbosity"] > 0))
-        task.refresh_from_db()
         if task.error_file and options["errors"]:
             with (
                 storage.get_storage().open(task.error_file, "rb") as src,
