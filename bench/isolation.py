@@ -63,7 +63,7 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 class Postgres:
     """A private PostgreSQL 15 cluster on CPU 1 (run as the postgres user)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, cpus: str) -> None:
         self.dir = tmp / "pg"
         self.port = free_port()
         self.dir.mkdir()
@@ -71,7 +71,7 @@ class Postgres:
         self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "postgres"])
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=50"
         self._as_postgres(
-            ["taskset", "-c", "1", str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-o", options, "-w", "start"]
+            ["taskset", "-c", cpus, str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-o", options, "-w", "start"]
         )
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
 
@@ -141,6 +141,9 @@ def main() -> None:
     parser.add_argument("--executions", type=int, default=5000)
     parser.add_argument("--duration", type=int, default=15, help="seconds of load per phase")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--db-cpus", default="1", help="CPUs of PostgreSQL (taskset list; default: the workers' CPU)"
+    )
     parser.add_argument("--path", default="/api/tasks", help="the page to load (e.g. /healthz: no database)")
     args = parser.parse_args()
     if os.cpu_count() < 2 or not shutil.which("wrk") or os.geteuid() != 0:
@@ -148,7 +151,7 @@ def main() -> None:
     os.sched_setaffinity(0, {1})  # this process prepares backlogs: keep it off the request node's CPU
     tmp = Path(tempfile.mkdtemp(prefix="bench-isolation-"))
     shutil.chown(tmp, "postgres")
-    pg = Postgres(tmp)
+    pg = Postgres(tmp, args.db_cpus)
     redis_port = free_port()
     redis = subprocess.Popen(
         ["taskset", "-c", "1", shutil.which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
@@ -271,7 +274,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
-        f"Django {django.get_version()}; PostgreSQL 15 and Redis private, on CPU 1"
+        f"Django {django.get_version()}; PostgreSQL 15 (CPUs {args.db_cpus}) and Redis private"
     )
     print(
         f"load: wrk, {args.connections} connections, {args.duration} s per phase, "
