@@ -15,7 +15,7 @@ from redis import RedisError
 
 from worker_mode import current_worker_name, enqueue, worker_is_alive
 from worker_mode.conf import conf as worker_conf
-from worker_mode.queues import get_connection, lost_jobs
+from worker_mode.queues import get_connection, requeue_lost
 
 from . import exporter, formats, storage
 from .apps import SERVICE_KEY
@@ -323,15 +323,8 @@ def recover(now: datetime.datetime | None = None, *, pending_grace: float | None
     grace = conf.ASYNC_TASKS_PENDING_GRACE if pending_grace is None else pending_grace
     waiting = AsyncTask.objects.filter(
         status=Status.PENDING, created_at__lte=now - datetime.timedelta(seconds=grace)
-    ).order_by("id")
-    last_id = 0
-    while page := list(waiting.filter(id__gt=last_id)[:_BATCH]):
-        last_id = page[-1].pk
-        lost = lost_jobs(SERVICE_KEY, [t.job_id for t in page])
-        for task in page:
-            if task.job_id in lost:
-                _dispatch(task)
-                counts["requeued"] += 1
+    )
+    counts["requeued"] = requeue_lost(SERVICE_KEY, waiting, _dispatch, batch=_BATCH)
     if any(counts.values()):
         logger.warning(
             "Recovered tasks: %d failed, %d retried, %d re-enqueued",

@@ -135,3 +135,24 @@ def lost_jobs(key: str, job_ids: list[str]) -> set[str]:
         for job_id, job in zip(job_ids, jobs, strict=True)
         if job is None or job.get_status(refresh=False) not in _ALIVE_STATES
     }
+
+
+def requeue_lost(key: str, waiting: Any, dispatch: Callable[[Any], Any], *, batch: int = 500) -> int:
+    """Enqueue again, with ``dispatch(row)``, every row of ``waiting`` whose message is lost.
+
+    ``waiting`` is a queryset of rows with a ``job_id`` (queued executions, pending
+    tasks). It is paged through by primary key in ``batch``-sized pages, so a long
+    backlog whose messages are fine never hides lost ones behind it. Returns how many.
+    """
+    requeued, last_pk = 0, None
+    waiting = waiting.order_by("pk")
+    while True:
+        page = list((waiting if last_pk is None else waiting.filter(pk__gt=last_pk))[:batch])
+        if not page:
+            return requeued
+        last_pk = page[-1].pk
+        lost = lost_jobs(key, [row.job_id for row in page])
+        for row in page:
+            if row.job_id in lost:
+                dispatch(row)
+                requeued += 1

@@ -17,7 +17,7 @@ from django.utils import timezone
 from redis import RedisError
 
 from worker_mode import worker_is_alive
-from worker_mode.queues import get_connection, lost_jobs
+from worker_mode.queues import get_connection, requeue_lost
 
 from . import engine, triggers
 from .apps import SERVICE_KEY
@@ -48,18 +48,8 @@ def recover(now: datetime.datetime | None = None, *, queued_grace: float | None 
         )
         .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
         .select_related("workflow")
-        .order_by("id")
     )
-    # Page through all of them: a long backlog of queued executions whose messages are fine
-    # must not hide lost ones behind it.
-    last_id = 0
-    while page := list(waiting.filter(id__gt=last_id)[:_BATCH]):
-        last_id = page[-1].pk
-        lost = lost_jobs(SERVICE_KEY, [e.job_id for e in page])
-        for execution in page:
-            if execution.job_id in lost:
-                engine.dispatch(execution)
-                counts["requeued"] += 1
+    counts["requeued"] = requeue_lost(SERVICE_KEY, waiting, engine.dispatch, batch=_BATCH)
     if any(counts.values()):
         logger.warning(
             "Recovered executions: %d resumed, %d aborted, %d re-enqueued",
