@@ -122,7 +122,7 @@ class AsyncTaskAdmin(admin.ModelAdmin):
         # Refresh the page while tasks run, so the progress bars move.
         extra_context["refresh"] = (
             self.get_queryset(request)
-            .filter(status__in=[AsyncTask.Status.PENDING, AsyncTask.Status.RUNNING])
+            .filter(status__in=[AsyncTask.Status.QUEUED, AsyncTask.Status.RUNNING])
             .exists()
         )
         return super().changelist_view(request, extra_context)

@@ -18,5 +18,6 @@ class AsyncTasksConfig(AppConfig):
             SERVICE_KEY,
             description="Record imports and exports",
             default_timeout=3600,
-            periodic=(PeriodicTask("async_tasks.tasks.sweep", every=conf.ASYNC_TASKS_RECOVERY_INTERVAL),),
+            # Recovery of tasks is worker_mode's: AsyncTask is ClaimedWork.
+            periodic=(PeriodicTask("async_tasks.tasks.cleanup", every=conf.ASYNC_TASKS_CLEANUP_INTERVAL),),
         )

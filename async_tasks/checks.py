@@ -1,4 +1,4 @@
-"""System checks of the async_tasks settings (ids async_tasks.E001-E004, listed in the README)."""
+"""System checks of the async_tasks settings (ids async_tasks.E001, E002, E004, listed in the README)."""
 
 from __future__ import annotations
 
@@ -48,22 +48,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="async_tasks.E002",
             )
         )
-    if conf.ASYNC_TASKS_RECOVER_RUNNING not in ("fail", "retry"):
-        errors.append(
-            checks.Error(
-                f"ASYNC_TASKS_RECOVER_RUNNING is {conf.ASYNC_TASKS_RECOVER_RUNNING!r}.",
-                hint="Use 'fail' or 'retry'.",
-                id="async_tasks.E003",
-            )
-        )
+    # async_tasks.E003 (ASYNC_TASKS_RECOVER_RUNNING) is retired: recovery settings are checked by
+    # worker_mode.E011 for every claimed-work model.
     for name in (
         "ASYNC_TASKS_MAX_UPLOAD_SIZE",
         "ASYNC_TASKS_XLSX_MAX_UNPACKED",
         "ASYNC_TASKS_XLSX_MAX_RATIO",
         "ASYNC_TASKS_BATCH_SIZE",
         "ASYNC_TASKS_EXPIRY",
-        "ASYNC_TASKS_MAX_ATTEMPTS",
-        "ASYNC_TASKS_RECOVERY_INTERVAL",
+        "ASYNC_TASKS_CLEANUP_INTERVAL",
     ):
         value = getattr(conf, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

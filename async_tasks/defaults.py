@@ -24,14 +24,12 @@ ASYNC_TASKS_BATCH_SIZE = 2000
 #: Seconds a finished task and its files are kept before ``cleanup`` deletes them.
 ASYNC_TASKS_EXPIRY = 7 * 24 * 3600
 
-#: What recovery does with a task left running by a dead worker: "fail" or "retry".
-ASYNC_TASKS_RECOVER_RUNNING = "fail"
+#: A task whose owner is gone (process, node, lease): "retry" (run it again from the start of the
+#: file) or "fail" (end it with the reason). Shared vocabulary of worker_mode's claimed work.
+ASYNC_TASKS_RECOVERY = "fail"
 
 #: Runs of a task (first run and retries) before recovery fails it for good.
 ASYNC_TASKS_MAX_ATTEMPTS = 3
 
-#: Seconds between recovery sweeps (lost messages, dead workers) and expired-task clean-ups.
-ASYNC_TASKS_RECOVERY_INTERVAL = 60.0
-
-#: Seconds a pending task may wait before recovery checks whether its message is still queued.
-ASYNC_TASKS_PENDING_GRACE = 30.0
+#: Seconds between clean-ups of expired tasks and their files.
+ASYNC_TASKS_CLEANUP_INTERVAL = 300.0

@@ -217,12 +217,16 @@ class Importer:
         mode: str = Mode.INSERT,
         batch_size: int = 2000,
         fire_workflows: bool = False,
+        fence: Callable[[Summary], None] | None = None,
         progress: Callable[[Summary], None] | None = None,
     ) -> None:
         if mode not in Mode.choices:
             raise FileRejected(f"Unknown mode {mode!r}; modes: {', '.join(Mode.choices)}.")
         self.spec, self.mode, self.batch_size = spec, mode, batch_size
-        self.fire_workflows, self.progress = fire_workflows, progress
+        # fence(summary): called inside each batch's transaction with the summary it commits
+        # (a task records its progress and checks its claim there; raising rolls the batch
+        # back). progress(summary): called after each batch has committed.
+        self.fire_workflows, self.fence, self.progress = fire_workflows, fence, progress
         self.model = spec.model
         header = ["" if h is None else str(h) for h in header]
         while header and not header[-1].strip():  # spreadsheets often carry empty trailing cells
@@ -306,12 +310,26 @@ class Importer:
             try:
                 with transaction.atomic():
                     outcome = self._write(batch)
+                    self._fence(outcome)
             except IntegrityError:
                 # Another unique field, or a record written meanwhile: find the bad rows one by one.
-                outcome = self._write_one_by_one(batch)
+                with transaction.atomic():
+                    outcome = self._write_one_by_one(batch)
+                    self._fence(outcome)
             self._record(outcome)
+        elif self.fence is not None:
+            self.fence(self.summary)
         if self.progress is not None:
             self.progress(self.summary)
+
+    def _fence(self, outcome: _Outcome) -> None:
+        if self.fence is not None:
+            after = Summary(**self.summary.as_dict())
+            after.created += outcome.created
+            after.updated += outcome.updated
+            after.skipped += outcome.skipped
+            after.failed += len(outcome.errors)
+            self.fence(after)
 
     def _record(self, outcome: _Outcome) -> None:
         self.summary.created += outcome.created

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
+from worker_mode.models import ClaimedWork
 
-class AsyncTask(models.Model):
+from .apps import SERVICE_KEY
+
+
+class AsyncTask(ClaimedWork):
+    """One import or export; its claim state (``ClaimedWork``) says who runs it now."""
+
     class Kind(models.TextChoices):
         IMPORT = "import"
         EXPORT = "export"
 
     class Status(models.TextChoices):
-        PENDING = "pending"
+        QUEUED = "queued"
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
@@ -24,13 +32,21 @@ class AsyncTask(models.Model):
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
 
+    service_key = SERVICE_KEY
+    job_function = "async_tasks.jobs.process_task"
+    abandoned_status = Status.FAILED
+    error_status = Status.FAILED
+    settings_prefix = "ASYNC_TASKS"
+    default_recovery = "fail"
+    recovery_columns = ("cancel_requested",)
+
     kind = models.CharField(max_length=10, choices=Kind.choices)
     model = models.CharField(max_length=100, help_text="Label of the model, e.g. catalog.Product.")
     format = models.CharField(max_length=10, choices=Format.choices)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="async_tasks", null=True
     )
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     cancel_requested = models.BooleanField(default=False)
     parameters = models.JSONField(default=dict, blank=True)
     done = models.PositiveBigIntegerField(default=0, help_text="Rows processed so far.")
@@ -43,13 +59,6 @@ class AsyncTask(models.Model):
     )
     result_file = models.CharField(max_length=255, blank=True)
     error_file = models.CharField(max_length=255, blank=True)
-    error = models.TextField(blank=True)
-    node_name = models.CharField(max_length=200, blank=True)
-    worker = models.CharField(max_length=200, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
@@ -61,10 +70,32 @@ class AsyncTask(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk} {self.model} ({self.status})"
 
-    @property
-    def job_id(self) -> str:
-        """The rq job id: one per task, so a re-enqueue replaces rather than duplicates."""
-        return f"async-task-{self.pk}"
+    # -- ClaimedWork hooks ----------------------------------------------------------------
+
+    @classmethod
+    def recovery_policy(cls) -> tuple[str, int]:
+        from .conf import conf
+
+        return conf.ASYNC_TASKS_RECOVERY, conf.ASYNC_TASKS_MAX_ATTEMPTS
+
+    @classmethod
+    def may_retry(cls, row: dict[str, Any]) -> bool:
+        return not row["cancel_requested"]  # its owner was lost while stopping: it ends canceled
+
+    @classmethod
+    def retry_fields(cls, row: dict[str, Any]) -> dict[str, Any]:
+        return {"done": 0}  # a retry starts the file over
+
+    @classmethod
+    def abandon_fields(cls, row: dict[str, Any], now: Any) -> dict[str, Any]:
+        import datetime
+
+        from .conf import conf
+
+        fields: dict[str, Any] = {"expires_at": now + datetime.timedelta(seconds=conf.ASYNC_TASKS_EXPIRY)}
+        if row["cancel_requested"]:
+            fields["status"] = cls.Status.CANCELED
+        return fields
 
     @property
     def finished(self) -> bool:

@@ -5,20 +5,17 @@ from __future__ import annotations
 import datetime
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
-from redis import RedisError
 
-from worker_mode import current_worker_name, enqueue, worker_is_alive
-from worker_mode.conf import conf as worker_conf
-from worker_mode.queues import get_connection, requeue_lost
+from worker_mode import claims, storable
+from worker_mode.claims import Claim, ClaimLost
 
 from . import exporter, formats, storage
-from .apps import SERVICE_KEY
 from .conf import conf
 from .exceptions import AsyncTaskError, Canceled, FileRejected, NotAllowed
 from .importer import Importer, Mode, Summary
@@ -75,7 +72,7 @@ def create_import(
     dispatch: bool = True,
     **options: Any,
 ) -> AsyncTask:
-    """Store ``upload`` and create a pending import task; enqueued on commit when ``dispatch``."""
+    """Store ``upload`` and create a queued import task; enqueued on commit when ``dispatch``."""
     spec = get_spec(label)
     fmt = fmt or formats.guess_format(name)
     if fmt not in AsyncTask.Format.values:
@@ -96,7 +93,7 @@ def create_import(
         source_name=_display_name(name),
     )
     if dispatch:
-        _dispatch(task)
+        task.dispatch()
     return task
 
 
@@ -109,7 +106,7 @@ def create_export(
     filters: Sequence[Sequence[str]] | None = None,
     dispatch: bool = True,
 ) -> AsyncTask:
-    """Create a pending export task (fields and filters checked now); enqueued on commit."""
+    """Create a queued export task (fields and filters checked now); enqueued on commit."""
     spec = get_spec(label)
     if fmt not in AsyncTask.Format.values:
         raise FileRejected(f"Unknown format {fmt!r}; formats: csv, xlsx.")
@@ -124,7 +121,7 @@ def create_export(
         parameters={"fields": [f.name for f in chosen], "filters": pairs},
     )
     if dispatch:
-        _dispatch(task)
+        task.dispatch()
     return task
 
 
@@ -138,75 +135,94 @@ def _display_name(name: str) -> str:
         return "upload"
 
 
-def _dispatch(task: AsyncTask) -> None:
-    enqueue(SERVICE_KEY, "async_tasks.jobs.process_task", task.pk, job_id=task.job_id)
-
-
 # -- running ------------------------------------------------------------------------------
 
 
-def claim(task_id: int, worker: str) -> AsyncTask | None:
-    """pending -> running for ``worker``; None if another run has it (a duplicate message)."""
-    claimed = AsyncTask.objects.filter(pk=task_id, status=Status.PENDING).update(
-        status=Status.RUNNING,
-        worker=worker,
-        node_name=worker_conf.WORKER_MODE_NODE_NAME,
-        started_at=timezone.now(),
-        attempts=F("attempts") + 1,
-        done=0,
-    )
-    if not claimed:
-        return None
-    return AsyncTask.objects.select_related("owner").get(pk=task_id)
+def claim(task_id: int, owner: claims.Owner | None = None) -> Claim | None:
+    """queued -> running for this process (or ``owner``); None if another run has it (a duplicate)."""
+    return claims.claim(AsyncTask, task_id, owner=owner)
 
 
-def run(task_id: int, *, worker: str | None = None, on_progress: ProgressCallback | None = None) -> str:
-    """Claim and run task ``task_id``; returns its final status (or why it did not run)."""
-    task = claim(task_id, worker or current_worker_name())
-    if task is None:
-        logger.info("Task %s is not pending; nothing to do", task_id)
-        return "not pending"
+def run(task_id: int, *, on_progress: ProgressCallback | None = None) -> str:
+    """Claim and run task ``task_id`` (in a worker, or in-process for the management commands).
+
+    Returns its final status, or why it did not run. In-process runs claim and
+    renew exactly like workers, so a killed command's task is recovered too.
+    """
+    claimed = claim(task_id)
+    if claimed is None:
+        logger.info("Task %s is not queued; nothing to do", task_id)
+        return "not queued"
+    task = claimed.instance
     logger.info("Task %s: %s of %s (%s) started", task.pk, task.kind, task.model, task.format)
-    tracker = _Tracker(task, on_progress)
-    try:
-        spec = get_spec(task.model)
-        if task.kind == AsyncTask.Kind.IMPORT:
-            _run_import(task, spec, tracker)
+    with claimed:  # renews the lease meanwhile; an error that escapes still ends the task
+        tracker = _Tracker(task, claimed, on_progress)
+        try:
+            spec = get_spec(task.model)
+            if task.kind == AsyncTask.Kind.IMPORT:
+                _run_import(task, spec, tracker)
+            else:
+                _run_export(task, spec, tracker)
+        except Canceled:
+            _finish(task, claimed, Status.CANCELED, error="Canceled; rows written before the cancel stay.")
+        except ClaimLost:
+            logger.warning("Task %s was taken from this process before it finished; stopping", task.pk)
+            storage.delete(task.result_file, task.error_file)
+            return _status_of(task.pk)
+        except (AsyncTaskError, NotAllowed) as exc:
+            _finish(task, claimed, Status.FAILED, error=str(exc))
+        except Exception as exc:
+            logger.exception("Task %s failed", task.pk)
+            _finish(task, claimed, Status.FAILED, error=f"Internal error: {type(exc).__name__}: {exc}")
         else:
-            _run_export(task, spec, tracker)
-    except Canceled:
-        _finish(task, Status.CANCELED, error="Canceled; rows written before the cancel stay.")
-    except (AsyncTaskError, NotAllowed) as exc:
-        _finish(task, Status.FAILED, error=str(exc))
-    except Exception as exc:
-        logger.exception("Task %s failed", task.pk)
-        _finish(task, Status.FAILED, error=f"Internal error: {type(exc).__name__}: {exc}")
-    else:
-        _finish(task, Status.SUCCEEDED)
-    if on_progress is not None:
-        on_progress(task)
-    logger.info("Task %s %s: %s", task.pk, task.status, task.summary or task.error)
-    return task.status
+            _finish(task, claimed, Status.SUCCEEDED)
+        if on_progress is not None:
+            on_progress(task)
+        logger.info("Task %s %s: %s", task.pk, task.status, task.summary or task.error)
+        return task.status
+    return _status_of(task_id)
+
+
+def _status_of(task_id: int) -> str:
+    return AsyncTask.objects.filter(pk=task_id).values_list("status", flat=True).first() or ""
 
 
 class _Tracker:
-    """Writes progress after each batch; the same UPDATE notices a cancel (one query per batch)."""
+    """Writes progress; the same UPDATE renews the claim, checks it and notices a cancel.
 
-    def __init__(self, task: AsyncTask, callback: ProgressCallback | None) -> None:
-        self.task, self.callback = task, callback
+    For an import it runs inside each batch's transaction, so the rows and the progress
+    commit together, and only while the claim holds: a process whose task was taken
+    over (frozen or cut off past its lease) commits no further batch.
+    """
+
+    def __init__(self, task: AsyncTask, claimed: Claim, callback: ProgressCallback | None) -> None:
+        self.task, self.claim, self.callback = task, claimed, callback
 
     def update(self, done: int, summary: dict[str, int] | None = None) -> None:
+        task = self.task
+        fields: dict[str, Any] = {"done": done, "total": task.total}
+        if summary is not None:
+            fields["summary"] = summary
+        now = timezone.now()
+        self.claim.renewed_at = time.monotonic()
+        written = (
+            self.claim.mine()
+            .filter(cancel_requested=False)
+            .update(**fields, heartbeat_at=now, lease_expires_at=now + self.claim.lease)
+        )
+        if not written:
+            if self.claim.still_mine():
+                raise Canceled()
+            raise self.claim._lose()
+
+    def report(self, done: int, summary: dict[str, int] | None = None) -> None:
+        """After a commit: what the progress callback (the command's progress line) shows."""
         task = self.task
         task.done = done
         if summary is not None:
             task.summary = summary
         if self.callback is not None:
             self.callback(task)
-        fields: dict[str, Any] = {"done": done, "total": task.total}
-        if summary is not None:
-            fields["summary"] = summary
-        if not AsyncTask.objects.filter(pk=task.pk, cancel_requested=False).update(**fields):
-            raise Canceled()
 
 
 def _run_import(task: AsyncTask, spec: ModelSpec, tracker: _Tracker) -> None:
@@ -221,8 +237,11 @@ def _run_import(task: AsyncTask, spec: ModelSpec, tracker: _Tracker) -> None:
             )
         task.total = reader.total
 
-        def progress(summary: Summary) -> None:
+        def fence(summary: Summary) -> None:  # inside each batch's transaction
             tracker.update(summary.processed, summary.as_dict())
+
+        def progress(summary: Summary) -> None:  # after it commits
+            tracker.report(summary.processed, summary.as_dict())
 
         importer = Importer(
             spec,
@@ -230,6 +249,7 @@ def _run_import(task: AsyncTask, spec: ModelSpec, tracker: _Tracker) -> None:
             mode=options.get("mode", Mode.INSERT),
             batch_size=conf.ASYNC_TASKS_BATCH_SIZE,
             fire_workflows=options.get("fire_workflows", False),
+            fence=fence,
             progress=progress,
         )
         task.summary = importer.summary.as_dict()
@@ -250,9 +270,14 @@ def _run_export(task: AsyncTask, spec: ModelSpec, tracker: _Tracker) -> None:
     queryset = exporter.filtered_queryset(spec, task.parameters.get("filters"), task.owner)
     task.total = queryset.count()
     tracker.update(0)
+
+    def progress(done: int) -> None:
+        tracker.update(done)
+        tracker.report(done)
+
     with tempfile.TemporaryFile() as out:
         rows = exporter.export(
-            queryset, fields, task.format, out, progress=tracker.update, title=spec.model._meta.model_name
+            queryset, fields, task.format, out, progress=progress, title=spec.model._meta.model_name
         )
         out.seek(0)
         task.result_file = storage.save("exports", task.format, out)
@@ -260,79 +285,35 @@ def _run_export(task: AsyncTask, spec: ModelSpec, tracker: _Tracker) -> None:
     task.summary = {"exported": rows}
 
 
-def _finish(task: AsyncTask, status: str, *, error: str = "") -> None:
+def _finish(task: AsyncTask, claimed: Claim, status: str, *, error: str = "") -> None:
     now = timezone.now()
-    task.status, task.error, task.finished_at = status, error, now
+    task.status, task.error, task.finished_at = status, storable.text(error), now
     task.expires_at = now + datetime.timedelta(seconds=conf.ASYNC_TASKS_EXPIRY)
-    fields = ["status", "error", "finished_at", "expires_at", "done", "total", "summary"]
-    fields += ["result_file", "error_file"]
-    # Only the run that holds the claim may finish it (recovery may have failed it meanwhile).
-    updated = AsyncTask.objects.filter(pk=task.pk, status=Status.RUNNING, worker=task.worker).update(
-        **{name: getattr(task, name) for name in fields}
-    )
-    if not updated:
+    fields = ["error", "expires_at", "done", "total", "summary", "result_file", "error_file"]
+    # Only the run that holds the claim may finish it (recovery may have ended it meanwhile).
+    if not claimed.finish(status, **{name: getattr(task, name) for name in fields}):
         logger.warning(
-            "Task %s was taken from this worker before it finished; its result is dropped", task.pk
+            "Task %s was taken from this process before it finished; its result is dropped", task.pk
         )
         storage.delete(task.result_file, task.error_file)
 
 
 def cancel(task: AsyncTask) -> bool:
-    """Cancel a pending task at once, a running one at its next batch; False if already finished."""
+    """Cancel a queued task at once, a running one at its next batch; False if already finished."""
     now = timezone.now()
     expires = now + datetime.timedelta(seconds=conf.ASYNC_TASKS_EXPIRY)
-    if AsyncTask.objects.filter(pk=task.pk, status=Status.PENDING).update(
+    if AsyncTask.objects.filter(pk=task.pk, status=Status.QUEUED).update(
         status=Status.CANCELED, cancel_requested=True, finished_at=now, expires_at=expires, error="Canceled."
     ):
         return True
     return bool(AsyncTask.objects.filter(pk=task.pk, status=Status.RUNNING).update(cancel_requested=True))
 
 
-# -- recovery and clean-up ------------------------------------------------------------------
+# -- clean-up -------------------------------------------------------------------------------
+# Recovery of tasks whose owner is gone, and of queued tasks whose message was lost, is
+# worker_mode's (``worker_mode.claims``): AsyncTask is claimed work.
 
 _BATCH = 500
-
-
-def recover(now: datetime.datetime | None = None, *, pending_grace: float | None = None) -> dict[str, int]:
-    """Re-enqueue pending tasks whose message is gone; fail or retry running tasks of dead workers."""
-    now = now or timezone.now()
-    connection = get_connection(SERVICE_KEY)
-    counts = {"failed": 0, "retried": 0, "requeued": 0}
-    for row in AsyncTask.objects.filter(status=Status.RUNNING).values("id", "worker", "attempts"):
-        if worker_is_alive(row["worker"], connection):
-            continue
-        running = AsyncTask.objects.filter(pk=row["id"], status=Status.RUNNING, worker=row["worker"])
-        retry = (
-            conf.ASYNC_TASKS_RECOVER_RUNNING == "retry" and row["attempts"] < conf.ASYNC_TASKS_MAX_ATTEMPTS
-        )
-        if retry:
-            if running.update(status=Status.PENDING, worker=""):
-                logger.warning("Task %s retried: its worker %s died", row["id"], row["worker"])
-                _dispatch(AsyncTask.objects.get(pk=row["id"]))
-                counts["retried"] += 1
-        else:
-            error = f"Failed: its worker {row['worker']} died after {row['attempts']} attempt(s)."
-            if running.update(
-                status=Status.FAILED,
-                error=error,
-                finished_at=now,
-                expires_at=now + datetime.timedelta(seconds=conf.ASYNC_TASKS_EXPIRY),
-            ):
-                logger.error("Task %s failed: its worker %s died", row["id"], row["worker"])
-                counts["failed"] += 1
-    grace = conf.ASYNC_TASKS_PENDING_GRACE if pending_grace is None else pending_grace
-    waiting = AsyncTask.objects.filter(
-        status=Status.PENDING, created_at__lte=now - datetime.timedelta(seconds=grace)
-    )
-    counts["requeued"] = requeue_lost(SERVICE_KEY, waiting, _dispatch, batch=_BATCH)
-    if any(counts.values()):
-        logger.warning(
-            "Recovered tasks: %d failed, %d retried, %d re-enqueued",
-            counts["failed"],
-            counts["retried"],
-            counts["requeued"],
-        )
-    return counts
 
 
 def cleanup(now: datetime.datetime | None = None) -> int:
@@ -350,12 +331,3 @@ def cleanup(now: datetime.datetime | None = None) -> int:
     if deleted:
         logger.info("Deleted %d expired task(s) and their files", deleted)
     return deleted
-
-
-def sweep() -> None:
-    """The periodic task of async-task:process nodes: recovery, then clean-up."""
-    try:
-        recover()
-    except RedisError as exc:
-        logger.warning("Task recovery skipped: %s", exc)
-    cleanup()

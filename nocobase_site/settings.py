@@ -64,10 +64,24 @@ WORKER_MODE_METRICS_TOKEN = os.environ.get("WORKER_MODE_METRICS_TOKEN", "")
 WORKFLOWS_COLLECTIONS = env_list("WORKFLOWS_COLLECTIONS", "catalog.Product,catalog.Order")
 # Private addresses HTTP nodes may call; `make run` allows loopback for the demo webhook.
 WORKFLOWS_HTTP_ALLOWED_NETWORKS = env_list("WORKFLOWS_HTTP_ALLOWED_NETWORKS", "")
-WORKFLOWS_RECOVER_STARTED = os.environ.get("WORKFLOWS_RECOVER_STARTED", "resume")
-WORKFLOWS_LEASE = float(os.environ.get("WORKFLOWS_LEASE", "300"))
-WORKFLOWS_RECOVERY_INTERVAL = float(os.environ.get("WORKFLOWS_RECOVERY_INTERVAL", "30"))
-WORKFLOWS_QUEUED_GRACE = float(os.environ.get("WORKFLOWS_QUEUED_GRACE", "10"))
+# Claimed work (executions, tasks): README "Claimed work and recovery". Set only when the
+# environment names them, so the defaults live in one place (the apps' defaults.py).
+if os.environ.get("WORKER_MODE_LEASE"):
+    WORKER_MODE_LEASE = float(os.environ["WORKER_MODE_LEASE"])
+if os.environ.get("WORKER_MODE_RECOVERY_INTERVAL"):
+    WORKER_MODE_RECOVERY_INTERVAL = float(os.environ["WORKER_MODE_RECOVERY_INTERVAL"])
+if os.environ.get("WORKER_MODE_REQUEUE_INTERVAL"):
+    WORKER_MODE_REQUEUE_INTERVAL = float(os.environ["WORKER_MODE_REQUEUE_INTERVAL"])
+if os.environ.get("WORKER_MODE_QUEUED_GRACE"):
+    WORKER_MODE_QUEUED_GRACE = float(os.environ["WORKER_MODE_QUEUED_GRACE"])
+if os.environ.get("WORKFLOWS_RECOVERY"):
+    WORKFLOWS_RECOVERY = os.environ["WORKFLOWS_RECOVERY"]
+if os.environ.get("WORKFLOWS_MAX_ATTEMPTS"):
+    WORKFLOWS_MAX_ATTEMPTS = int(os.environ["WORKFLOWS_MAX_ATTEMPTS"])
+if os.environ.get("ASYNC_TASKS_RECOVERY"):
+    ASYNC_TASKS_RECOVERY = os.environ["ASYNC_TASKS_RECOVERY"]
+if os.environ.get("ASYNC_TASKS_MAX_ATTEMPTS"):
+    ASYNC_TASKS_MAX_ATTEMPTS = int(os.environ["ASYNC_TASKS_MAX_ATTEMPTS"])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -124,6 +138,15 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded default must hold concurrent writers (workers, the admin, a cancel mid-import):
+    # WAL lets readers run beside the writer, BEGIN IMMEDIATE takes the write lock up front (no
+    # "database is locked" when a read transaction turns into a write), and a writer waits up to
+    # 20 s for the lock instead of failing.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
     # A file, not Django's in-memory default: tests then see connections really close and reopen.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -194,5 +217,4 @@ ASYNC_TASKS_MODELS = {
     "catalog.Order": {"fields": ["product", "quantity", "customer", "status"]},
 }
 ASYNC_TASKS_MAX_UPLOAD_SIZE = int(os.environ.get("ASYNC_TASKS_MAX_UPLOAD_SIZE", str(200 * 1024 * 1024)))
-ASYNC_TASKS_RECOVER_RUNNING = os.environ.get("ASYNC_TASKS_RECOVER_RUNNING", "fail")
 ASYNC_TASKS_BATCH_SIZE = int(os.environ.get("ASYNC_TASKS_BATCH_SIZE", "2000"))

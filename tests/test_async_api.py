@@ -49,7 +49,7 @@ def test_import_answers_202_runs_on_the_queue_and_downloads_errors(ann):
     assert response.status_code == 202, response.content
     body = response.json()
     assert (body["status"], body["kind"], body["model"], body["owner"]) == (
-        "pending",
+        "queued",
         "import",
         "catalog.Product",
         "ann",
@@ -258,7 +258,7 @@ def test_importrecords_and_exportrecords_commands(tmp_path):
     )
     assert "4 rows written" in out.getvalue() and target.stat().st_size > 0
     call_command("importrecords", "catalog.Product", str(source), "--async", stdout=out)
-    assert AsyncTask.objects.filter(status="pending").count() == 1
+    assert AsyncTask.objects.filter(status="queued").count() == 1
     with pytest.raises(CommandError, match="Unknown column"):
         bad = tmp_path / "bad.csv"
         bad.write_text("nope\n1\n")
@@ -271,14 +271,14 @@ def test_checks(settings):
     assert check_error_codes(checks.check_settings()) == []
     settings.ASYNC_TASKS_MODELS = {"catalog.Product": {"fields": ["sku", "nope"]}, "no.Model": {}}
     settings.ASYNC_TASKS_STORAGE = "missing"
-    settings.ASYNC_TASKS_RECOVER_RUNNING = "maybe"
     settings.ASYNC_TASKS_BATCH_SIZE = 0
+    settings.ASYNC_TASKS_CLEANUP_INTERVAL = -1
     codes = check_error_codes(checks.check_settings())
     assert codes == [
         "async_tasks.E001",
         "async_tasks.E001",
         "async_tasks.E002",
-        "async_tasks.E003",
+        "async_tasks.E004",
         "async_tasks.E004",
     ]
     settings.ASYNC_TASKS_MODELS = {"catalog.Product": {"fields": ["name"], "identifier": "name"}}
@@ -286,6 +286,6 @@ def test_checks(settings):
 
 
 def test_checks_are_bound(settings):
-    settings.ASYNC_TASKS_RECOVER_RUNNING = "maybe"
-    with pytest.raises(Exception, match="async_tasks.E003"):
+    settings.ASYNC_TASKS_BATCH_SIZE = "many"
+    with pytest.raises(Exception, match="async_tasks.E004"):
         call_command("check")

@@ -343,12 +343,12 @@ def test_cancel_stops_at_the_next_batch_and_keeps_committed_rows(settings, monke
     assert task.finished_at and task.expires_at
 
 
-def test_canceling_a_pending_task_is_immediate_and_it_never_runs():
+def test_canceling_a_queued_task_is_immediate_and_it_never_runs():
     task = tasks.create_import(
         None, "catalog.Product", io.BytesIO(product_csv(3)), name="p.csv", dispatch=False
     )
     assert tasks.cancel(task)
-    assert tasks.run(task.pk) == "not pending"
+    assert tasks.run(task.pk) == "not queued"
     task.refresh_from_db()
     assert task.status == "canceled" and not Product.objects.exists()
     assert not tasks.cancel(task)  # finished: nothing to cancel
@@ -356,7 +356,7 @@ def test_canceling_a_pending_task_is_immediate_and_it_never_runs():
 
 def test_a_second_run_of_the_same_task_does_nothing():
     task = run_import(product_csv(3))
-    assert tasks.run(task.pk) == "not pending"
+    assert tasks.run(task.pk) == "not queued"
     assert Product.objects.count() == 3
 
 

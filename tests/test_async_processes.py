@@ -16,6 +16,7 @@ from async_tasks import storage, tasks
 from async_tasks.models import AsyncTask
 from catalog.models import Product
 from tests.conftest import drain, product_csv, shared_database_url, wait_until
+from worker_mode import claims
 from worker_mode.conf import conf as worker_conf
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_conn")]
@@ -40,7 +41,7 @@ def test_a_task_runs_only_on_an_async_task_node(start_node, env, redis_conn):
     flows = start_node(["runworkers", "--burst"], "workflow:process", **{**env, "NODE_NAME": "flows"})
     assert flows.wait(60) == 0, flows.log
     task.refresh_from_db()
-    assert task.status == "pending" and redis_conn.llen("rq:queue:async-task:process") == 1
+    assert task.status == "queued" and redis_conn.llen("rq:queue:async-task:process") == 1
     imports = start_node(["runworkers", "--burst"], "async-task:process", **{**env, "NODE_NAME": "imports"})
     assert imports.wait(60) == 0, imports.log
     task.refresh_from_db()
@@ -59,7 +60,7 @@ def test_the_task_of_a_killed_worker_is_retried_or_failed(start_node, env, polic
             **env,
             "NODE_NAME": "victim",
             "ASYNC_TASKS_BATCH_SIZE": "100",
-            "ASYNC_TASKS_RECOVER_RUNNING": policy,
+            "ASYNC_TASKS_RECOVERY": policy,
         },
     )
 
@@ -69,7 +70,8 @@ def test_the_task_of_a_killed_worker_is_retried_or_failed(start_node, env, polic
 
     wait_until(running_with_progress, timeout=45)
     assert task.status == "running", task.status  # killed mid-import, like the OOM killer
-    os.kill(int(task.worker.rsplit(".", 1)[1]), signal.SIGKILL)
+    killed = task.pid
+    os.kill(killed, signal.SIGKILL)
 
     def finished():
         task.refresh_from_db()
@@ -79,19 +81,20 @@ def test_the_task_of_a_killed_worker_is_retried_or_failed(start_node, env, polic
     if policy == "retry":
         assert (task.status, task.attempts) == ("succeeded", 2), (task.error, node.log)
         assert Product.objects.count() == 20000  # the re-run updated what the first run wrote
-        assert "retried: its worker" in node.log
+        assert f"queued again (attempt 1 of 3 done): its process (pid {killed})" in node.log
     else:
-        assert task.status == "failed" and task.error.startswith("Failed: its worker victim.")
-        assert task.error.endswith("died after 1 attempt(s).")
+        assert task.status == "failed"
+        assert task.error.startswith(f"Abandoned: its process (pid {killed}) on this node is gone")
+        assert task.error.endswith(f"(worker victim.shared.0.{killed}, attempt 1).")
         assert 0 < Product.objects.count() < 20000  # the batches committed before the kill stay
     node.stop()
 
 
-def test_a_pending_task_whose_message_was_lost_is_enqueued_again(redis_conn):
+def test_a_queued_task_whose_message_was_lost_is_enqueued_again(redis_conn):
     task = new_import(3)
     redis_conn.flushdb()  # Redis restarted empty
-    assert tasks.recover(pending_grace=0) == {"failed": 0, "retried": 0, "requeued": 1}
-    assert tasks.recover(pending_grace=0)["requeued"] == 0  # its message is queued now
+    assert claims.requeue_lost(AsyncTask, grace=0) == 1
+    assert claims.requeue_lost(AsyncTask, grace=0) == 0  # its message is queued now
     drain("async-task:process")
     task.refresh_from_db()
     assert task.status == "succeeded" and Product.objects.count() == 3
@@ -104,30 +107,47 @@ def test_redis_down_when_a_task_is_created_loses_nothing(settings, redis_conn):
     settings.REDIS_URL = good_url
     assert redis_conn.llen("rq:queue:async-task:process") == 0
     task.refresh_from_db()
-    assert task.status == "pending"
-    assert tasks.recover(pending_grace=0)["requeued"] == 1
+    assert task.status == "queued"
+    assert claims.requeue_lost(AsyncTask, grace=0) == 1
     drain("async-task:process")
     task.refresh_from_db()
     assert task.status == "succeeded" and Product.objects.count() == 4
+
+
+def running(task: AsyncTask, *, pid: int, cancel_requested: bool = False) -> None:
+    AsyncTask.objects.filter(pk=task.pk).update(
+        status="running", node_name=worker_conf.WORKER_MODE_NODE_NAME, pid=pid, worker=f"w.{pid}",
+        attempts=1, claim_token="t" * 32, lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
+        heartbeat_at=timezone.now(), cancel_requested=cancel_requested,
+    )  # fmt: skip
 
 
 def test_a_running_task_of_a_dead_process_on_this_node_is_failed():
     dead = subprocess.Popen(["true"])
     dead.wait()
     task = new_import(3, dispatch=False)
-    name = f"{worker_conf.WORKER_MODE_NODE_NAME}.async-task.0.{dead.pid}"
-    AsyncTask.objects.filter(pk=task.pk).update(status="running", worker=name, attempts=1)
-    assert tasks.recover()["failed"] == 1
+    running(task, pid=dead.pid)
+    assert claims.recover(AsyncTask) == {"retried": 0, "failed": 1}
     task.refresh_from_db()
     assert task.status == "failed" and task.finished_at and task.expires_at
-    assert tasks.recover() == {"failed": 0, "retried": 0, "requeued": 0}
+    assert claims.recover(AsyncTask) == {"retried": 0, "failed": 0}
+
+
+def test_a_task_whose_owner_died_while_canceling_ends_canceled(settings):
+    settings.ASYNC_TASKS_RECOVERY = "retry"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    task = new_import(3, dispatch=False)
+    running(task, pid=dead.pid, cancel_requested=True)
+    assert claims.recover(AsyncTask) == {"retried": 0, "failed": 1}
+    task.refresh_from_db()
+    assert task.status == "canceled" and "on this node is gone" in task.error
 
 
 def test_a_running_task_of_a_live_process_is_left_alone():
     task = new_import(3, dispatch=False)
-    name = f"{worker_conf.WORKER_MODE_NODE_NAME}.async-task.0.{os.getpid()}"
-    AsyncTask.objects.filter(pk=task.pk).update(status="running", worker=name)
-    assert tasks.recover()["failed"] == 0
+    running(task, pid=os.getpid())
+    assert claims.recover(AsyncTask) == {"retried": 0, "failed": 0}
     task.refresh_from_db()
     assert task.status == "running"
 

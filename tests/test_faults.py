@@ -73,8 +73,9 @@ def env(site_env, own_redis):
         "DATABASE_URL": url,
         "CONN_MAX_AGE": "0",
         "REDIS_URL": own_redis.url,
-        "WORKFLOWS_RECOVERY_INTERVAL": "1",
-        "WORKFLOWS_QUEUED_GRACE": "1",
+        "WORKER_MODE_RECOVERY_INTERVAL": "1",
+        "WORKER_MODE_REQUEUE_INTERVAL": "1",
+        "WORKER_MODE_QUEUED_GRACE": "1",
     }
 
 
@@ -98,7 +99,7 @@ def test_redis_restarted_empty_with_1000_queued_executions(start_node, env, own_
     wait_until(finished(executions, 1000), timeout=120, interval=0.5)
     assert set(executions.values_list("status", flat=True)) == {"resolved"}
     assert set(executions.values_list("attempts", flat=True)) == {1}  # none ran twice
-    assert "re-enqueued" in node.log
+    assert "workflows.Execution: 1000 queued row(s) had lost their message; enqueued again" in node.log
 
 
 def test_redis_down_request_nodes_keep_serving_and_accepting_triggers(start_node, env, own_redis, admin_user):
@@ -157,7 +158,7 @@ def test_sigterm_lets_the_running_execution_finish_and_queued_ones_wait(start_no
         node_env = {**env, "WORKFLOWS_HTTP_ALLOWED_NETWORKS": "127.0.0.1", "WORKER_MODE_SHUTDOWN_GRACE": "20"}
         node = start_node(["runworkers"], "workflow:process", **node_env)
         rows = Execution.objects.filter(workflow=workflow)
-        wait_until(lambda: rows.filter(status="started").exists(), timeout=30)
+        wait_until(lambda: rows.filter(status="running").exists(), timeout=30)
         node.signal(signal.SIGTERM)  # a rolling deploy
         assert node.wait(30) == 0, node.log
         statuses = sorted(rows.values_list("status", flat=True))

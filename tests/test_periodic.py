@@ -1,25 +1,21 @@
-"""worker_mode's periodic tasks (run by runworkers under a lock) and worker liveness."""
+"""worker_mode's periodic tasks (run by runworkers under a lock), with the claims' recovery sweeps."""
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
-from rq import SimpleWorker
 
-from worker_mode import PeriodicTask, WorkerModeError, register_service, services, worker_is_alive
+from worker_mode import PeriodicTask, WorkerModeError, register_service, services
 from worker_mode.cluster import current_worker_name
 from worker_mode.periodic import PeriodicRunner, run_locked
-from worker_mode.queues import get_connection, get_queue
 
 CALLS: list[str] = []
 
 
-def record() -> None:
-    CALLS.append("ran")
+def record(*args: str) -> None:
+    CALLS.append("ran" + "".join(f" {a}" for a in args))
 
 
 def hold_lock_and_record() -> None:
@@ -80,25 +76,29 @@ def test_redis_down_skips_the_task(periodic_service, settings, caplog):
     assert "unavailable" in caplog.text
 
 
-def test_worker_on_this_node_is_alive_while_its_process_is(redis_conn, settings):
+def test_a_task_gets_its_arguments_and_its_own_lock(periodic_service):
+    one = PeriodicTask(f"{__name__}.record", every=1, args=("a",))
+    other = PeriodicTask(f"{__name__}.record", every=1, args=("b",))
+    assert one.name == f"{__name__}.record(a)" and one.name != other.name
+    assert run_locked("test:periodic", one) and run_locked("test:periodic", other)
+    assert CALLS == ["ran a", "ran b"]
+
+
+def test_keys_with_claimed_work_get_the_recovery_sweeps(redis_conn, settings):
+    settings.WORKER_MODE_RECOVERY_INTERVAL = 3
+    runner = PeriodicRunner(["workflow:process", "async-task:process"])
+    names = {task.name: task.every for _, task in runner.tasks}
+    assert names["worker_mode.claims.sweep(workflow:process)"] == 3
+    assert names["worker_mode.claims.sweep(async-task:process)"] == 3
+    assert names["worker_mode.claims.sweep_lost(workflow:process)"] == 30
+    assert "workflows.recovery.tick" in names and "async_tasks.tasks.cleanup" in names
+
+
+def test_periodic_service_without_claimed_work_gets_no_sweep(periodic_service):
+    runner = PeriodicRunner(["test:periodic"])
+    assert [task.name for _, task in runner.tasks] == [f"{__name__}.record"]
+
+
+def test_current_worker_name_outside_runworkers_is_inline(settings):
     settings.WORKER_MODE_NODE_NAME = "node-a"
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    assert worker_is_alive(f"node-a.shared.0.{os.getpid()}", redis_conn)
-    assert not worker_is_alive(f"node-a.shared.0.{child.pid}", redis_conn)
     assert current_worker_name() == f"node-a.inline.0.{os.getpid()}"
-
-
-def test_worker_on_another_node_is_alive_while_rq_knows_it(redis_conn, settings):
-    settings.WORKER_MODE_NODE_NAME = "node-a"
-    name = "node-b.shared.0.12345"
-    assert not worker_is_alive(name, redis_conn)
-    worker = SimpleWorker(
-        [get_queue("workflow:process")], connection=get_connection("workflow:process"), name=name
-    )
-    worker.register_birth()
-    try:
-        assert worker_is_alive(name, redis_conn)
-    finally:
-        worker.register_death()
-    assert not worker_is_alive(name, redis_conn)

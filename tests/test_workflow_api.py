@@ -154,12 +154,11 @@ def test_admin_rejects_a_broken_chain(admin_client, redis_conn):
 def test_workflow_checks(settings):
     assert check_error_codes(checks.check_settings()) == []
     settings.WORKFLOWS_COLLECTIONS = ["catalog.Nope", "bad"]
-    settings.WORKFLOWS_RECOVER_STARTED = "retry"
     settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["intranet"]
-    settings.WORKFLOWS_LEASE = 0
+    settings.WORKFLOWS_TICK_INTERVAL = 0
     codes = check_error_codes(checks.check_settings())
-    assert codes == ["workflows.E001", "workflows.E001", "workflows.E002", "workflows.E003", "workflows.E004"]
-    with pytest.raises(Exception, match="workflows.E002"):
+    assert codes == ["workflows.E001", "workflows.E001", "workflows.E003", "workflows.E004"]
+    with pytest.raises(Exception, match="workflows.E003"):
         call_command("check")
 
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from catalog.models import Order, Product
 from tests.conftest import build_workflow, drain, is_postgres
+from worker_mode import claims
 from workflows import engine, graph, recovery, triggers
 from workflows.exceptions import WorkflowFailed
 from workflows.models import Execution, Job, Node, Workflow
@@ -340,10 +341,13 @@ def test_timeout_aborts_the_execution(product):
 def test_a_second_claim_does_nothing(product):
     workflow = stock_workflow()
     execution = triggers.trigger_manually(workflow, {"quantity": 1, "sku": "P-1"})
-    assert engine.claim(execution.pk, "node-a.shared.0.1")
-    assert not engine.claim(execution.pk, "node-b.shared.0.2")
+    first = engine.claim(execution.pk, claims.Owner("node-a", 1, "node-a.shared.0.1"))
+    assert first and first.instance.workflow == workflow
+    assert not engine.claim(execution.pk, claims.Owner("node-b", 2, "node-b.shared.0.2"))
     execution.refresh_from_db()
+    assert (execution.status, execution.node_name, execution.pid) == ("running", "node-a", 1)
     assert (execution.worker, execution.attempts) == ("node-a.shared.0.1", 1)
+    assert execution.claim_token == first.token and len(first.token) == 32
 
 
 @pytest.mark.skipif(not is_postgres(), reason="SQLite serialises writers, so a claim race needs PostgreSQL")
@@ -357,7 +361,7 @@ def test_claim_race_on_postgres_has_exactly_one_winner(product):
         def race(i, pk=execution.pk, barrier=barrier, wins=wins):
             try:
                 barrier.wait()
-                if engine.claim(pk, f"node.race.{i}.{i}"):
+                if engine.claim(pk, claims.Owner("node", i, f"node.race.{i}.{i}")):
                     wins.append(i)
             finally:
                 connections.close_all()
@@ -392,8 +396,8 @@ def test_cancel_stops_a_queued_or_running_execution(product):
     queued.refresh_from_db()
     assert queued.status == Execution.Status.CANCELED and Job.objects.count() == 0
     running = triggers.trigger_manually(workflow, {"quantity": 1, "sku": "P-1"})
-    assert engine.claim(running.pk, "me.inline.0.1")
-    runner = engine.Runner(Execution.objects.get(pk=running.pk), "me.inline.0.1")
+    claimed = engine.claim(running.pk)
+    runner = engine.Runner(claimed.instance, claimed)
     assert engine.cancel(running)
     runner.checked_at -= datetime.timedelta(seconds=1)  # the runner re-reads its row every 0.5 s
     assert runner.run() == Execution.Status.CANCELED

@@ -114,8 +114,10 @@ def test_an_execution_of_a_killed_worker_is_resumed(start_node, env, redis_conn)
         )
         wait_until(lambda: SlowHook.calls, timeout=30)
         execution.refresh_from_db()
-        assert execution.status == "started" and execution.worker.startswith("victim.shared.0.")
-        os.kill(int(execution.worker.rsplit(".", 1)[1]), signal.SIGKILL)  # mid-node, like the OOM killer
+        assert execution.status == "running" and execution.worker.startswith("victim.shared.0.")
+        assert (execution.node_name, execution.worker) == ("victim", f"victim.shared.0.{execution.pid}")
+        killed = execution.pid
+        os.kill(killed, signal.SIGKILL)  # mid-node, like the OOM killer
         SlowHook.release.set()
 
         def finished():
@@ -128,7 +130,7 @@ def test_an_execution_of_a_killed_worker_is_resumed(start_node, env, redis_conn)
         runs = {j.node_key: j.runs for j in Job.objects.filter(execution=execution)}
         assert runs == {"first": 1, "hook": 2, "last": 1}
         assert len(SlowHook.calls) == 2  # HTTP is at-least-once; database effects are exactly-once
-        assert "resumed: its worker died" in node.log
+        assert f"queued again (attempt 1 of 3 done): its process (pid {killed})" in node.log
     finally:
         SlowHook.release.set()
         httpd.shutdown()

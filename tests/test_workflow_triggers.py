@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from catalog.models import Order, Product
 from tests.conftest import build_workflow, drain, is_postgres
+from worker_mode import claims
 from workflows import recovery, schedule, triggers
 from workflows.exceptions import ConfigError
 from workflows.models import Execution, Job
@@ -183,8 +184,8 @@ def test_redis_down_at_trigger_time_loses_nothing(product, settings, redis_conn)
     settings.REDIS_URL = good_url
     execution = Execution.objects.get(workflow=workflow)
     assert execution.status == "queued" and redis_conn.llen("rq:queue:workflow:process") == 0
-    assert recovery.recover(queued_grace=0) == {"resumed": 0, "aborted": 0, "requeued": 1}
-    assert recovery.recover(queued_grace=0)["requeued"] == 0  # its message is in the queue now
+    assert claims.requeue_lost(Execution, grace=0) == 1
+    assert claims.requeue_lost(Execution, grace=0) == 0  # its message is in the queue now
     drain()
     execution.refresh_from_db()
     assert execution.status == "resolved"
@@ -195,26 +196,27 @@ def test_a_flushed_redis_is_recovered_after_the_grace(product, redis_conn):
     workflow = build_workflow(CALC, trigger_type="collection", trigger_config=on(["created"]))
     Product.objects.create(sku="P-2", name="Cup", price=1, quantity=3)
     redis_conn.flushdb()
-    assert recovery.recover()["requeued"] == 0  # younger than WORKFLOWS_QUEUED_GRACE
-    assert recovery.recover(timezone.now() + datetime.timedelta(seconds=11))["requeued"] == 1
+    assert claims.requeue_lost(Execution) == 0  # younger than WORKER_MODE_QUEUED_GRACE
+    assert claims.requeue_lost(Execution, timezone.now() + datetime.timedelta(seconds=11)) == 1
     drain()
     assert Execution.objects.get(workflow=workflow).status == "resolved"
 
 
-def dead_worker_name(settings) -> str:
+def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    return f"{settings.WORKER_MODE_NODE_NAME or os.uname().nodename}.shared.0.{child.pid}"
+    return child.pid
 
 
-def orphan(workflow, settings, attempts=1):
-    """An execution a dead worker had started: its first node resolved, its second interrupted."""
+def orphan(workflow, settings, attempts=1, pid=None):
+    """An execution a dead process of this node had claimed: its first node resolved, its second cut short."""
     execution = triggers.trigger_manually(workflow, {"data": {"quantity": 2}})
     settings.WORKER_MODE_NODE_NAME = "node-a"
-    name = dead_worker_name(settings)
+    pid = pid or dead_pid()
     Execution.objects.filter(pk=execution.pk).update(
-        status="started", worker=name, attempts=attempts, started_at=timezone.now(),
-        lease_expires_at=timezone.now() + datetime.timedelta(minutes=5),
+        status="running", node_name="node-a", pid=pid, worker=f"node-a.shared.0.{pid}", attempts=attempts,
+        claim_token="t" * 32, started_at=timezone.now(), heartbeat_at=timezone.now(),
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
     )  # fmt: skip
     first = workflow.nodes.get(key="calc")
     Job.objects.create(execution=execution, node=first, node_key="calc", status="resolved", result=4)
@@ -234,11 +236,13 @@ TWO = [
 ]
 
 
-def test_an_execution_of_a_dead_worker_is_resumed_from_its_last_finished_node(redis_conn, settings):
+def test_an_execution_of_a_dead_process_is_resumed_from_its_last_finished_node(redis_conn, settings):
     workflow = build_workflow(TWO)
     execution = orphan(workflow, settings)
     redis_conn.flushdb()
-    assert recovery.recover() == {"resumed": 1, "aborted": 0, "requeued": 0}
+    assert claims.recover(Execution) == {"retried": 1, "failed": 0}
+    execution.refresh_from_db()
+    assert (execution.status, execution.claim_token, execution.pid) == ("queued", "", None)
     drain()
     execution.refresh_from_db()
     assert (execution.status, execution.attempts) == ("resolved", 2)
@@ -246,26 +250,31 @@ def test_an_execution_of_a_dead_worker_is_resumed_from_its_last_finished_node(re
     assert jobs == {"calc": ("resolved", 4, 1), "again": ("resolved", 5, 2)}
 
 
-def test_recover_started_fail_policy_and_attempt_limit_abort(redis_conn, settings):
+def test_fail_policy_and_the_attempt_limit_abort(redis_conn, settings):
     workflow = build_workflow(TWO)
-    settings.WORKFLOWS_RECOVER_STARTED = "fail"
+    settings.WORKFLOWS_RECOVERY = "fail"
     execution = orphan(workflow, settings)
-    assert recovery.recover()["aborted"] == 1
+    assert claims.recover(Execution) == {"retried": 0, "failed": 1}
     execution.refresh_from_db()
-    assert execution.status == "aborted" and "worker died" in execution.error
-    assert Job.objects.get(execution=execution, node_key="again").status == "aborted"
-    settings.WORKFLOWS_RECOVER_STARTED = "resume"
+    assert execution.status == "aborted" and execution.finished_at
+    assert execution.error.startswith("Abandoned: its process (pid ") and "on this node is gone" in execution.error
+    again = Job.objects.get(execution=execution, node_key="again")
+    assert again.status == "aborted" and again.error == execution.error
+    settings.WORKFLOWS_RECOVERY = "retry"
     execution = orphan(workflow, settings, attempts=3)
-    assert recovery.recover()["aborted"] == 1
+    assert claims.recover(Execution) == {"retried": 0, "failed": 1}
+    execution.refresh_from_db()
+    assert "gave up after 3 attempt(s) (WORKFLOWS_MAX_ATTEMPTS)" in execution.error
 
 
-def test_a_live_worker_keeps_its_execution_until_its_lease_lapses(redis_conn, settings):
+def test_a_live_process_keeps_its_execution_until_its_lease_lapses(redis_conn, settings):
     workflow = build_workflow(TWO)
-    execution = orphan(workflow, settings)
-    Execution.objects.filter(pk=execution.pk).update(worker=f"node-a.shared.0.{os.getpid()}")
-    assert recovery.recover() == {"resumed": 0, "aborted": 0, "requeued": 0}
-    lapsed = timezone.now() + datetime.timedelta(minutes=6)
-    assert recovery.recover(lapsed)["resumed"] == 1
+    execution = orphan(workflow, settings, pid=os.getpid())
+    assert claims.recover(Execution) == {"retried": 0, "failed": 0}
+    lapsed = timezone.now() + datetime.timedelta(seconds=31)
+    assert claims.recover(Execution, lapsed) == {"retried": 1, "failed": 0}
+    execution.refresh_from_db()
+    assert execution.status == "queued"
 
 
 def test_order_workflow_on_a_created_order(product):
@@ -290,12 +299,12 @@ def test_order_workflow_on_a_created_order(product):
     assert order.status == "rejected"
 
 
-def test_lost_messages_behind_a_long_healthy_backlog_are_recovered(monkeypatch, redis_conn):
-    monkeypatch.setattr(recovery, "_BATCH", 10)  # pages of 10: the lost ones sit on the third page
+def test_lost_messages_behind_a_long_healthy_backlog_are_recovered(redis_conn):
     workflow = build_workflow([{"key": "n", "type": "calculation", "config": {"expression": "1"}}])
     executions = [triggers.trigger_manually(workflow, {}) for _ in range(25)]
     assert redis_conn.llen("rq:queue:workflow:process") == 25
     for execution in executions[-3:]:
         redis_conn.delete(f"rq:job:{execution.job_id}")  # their messages are gone
-    assert recovery.recover(queued_grace=0)["requeued"] == 3
-    assert recovery.recover(queued_grace=0)["requeued"] == 0
+    # pages of 10: the lost ones sit on the third page
+    assert claims.requeue_lost(Execution, grace=0, batch=10) == 3
+    assert claims.requeue_lost(Execution, grace=0, batch=10) == 0

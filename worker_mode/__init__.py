@@ -2,10 +2,12 @@
 
 ``serving()`` tells whether this node serves HTTP requests; ``serving(key)``
 whether it processes a background service. Apps register their keys with
-``register_service()`` and enqueue work with ``enqueue()``.
+``register_service()`` and enqueue work with ``enqueue()``. Background work
+whose row must never be lost, stuck or run twice inherits
+``worker_mode.models.ClaimedWork`` and runs under ``worker_mode.claims``.
 """
 
-from .cluster import current_worker_name, worker_is_alive
+from .cluster import current_worker_name
 from .exceptions import InvalidWorkerMode, ServiceAlreadyRegistered, UnknownServiceKey, WorkerModeError
 from .mode import WorkerMode, parse
 from .node import current_mode, served_keys, serving
@@ -29,5 +31,4 @@ __all__ = [
     "served_keys",
     "services",
     "serving",
-    "worker_is_alive",
 ]

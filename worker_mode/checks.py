@@ -173,8 +173,77 @@ def check_middleware(app_configs: Iterable[Any] | None = None, **kwargs: Any) ->
     ]
 
 
+def _is_seconds(value: Any, minimum: float) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= minimum
+
+
+@register(Tags.compatibility)
+def check_claim_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E008: the lease. E009: recovery intervals. E010: a claimed-work model. E011: its recovery settings."""
+    from .claims import POLICIES, work_models
+    from .models import ClaimedWork
+
+    errors: list[CheckMessage] = []
+    if not _is_seconds(conf.WORKER_MODE_LEASE, 3):
+        errors.append(
+            Error(
+                f"WORKER_MODE_LEASE must be seconds >= 3, not {conf.WORKER_MODE_LEASE!r}.",
+                hint="Owners renew every third of it; 30 (the default) suits most sites.",
+                id="worker_mode.E008",
+            )
+        )
+    for name in ("WORKER_MODE_RECOVERY_INTERVAL", "WORKER_MODE_REQUEUE_INTERVAL", "WORKER_MODE_QUEUED_GRACE"):
+        value = getattr(conf, name)
+        if not _is_seconds(value, 0) or value == 0:
+            errors.append(
+                Error(
+                    f"{name} must be seconds > 0, not {value!r}.",
+                    hint="For example 5.",
+                    id="worker_mode.E009",
+                )
+            )
+    for model in work_models():
+        label = model._meta.label
+        statuses = {choice for choice, _ in model._meta.get_field("status").choices or ()}
+        needed = {ClaimedWork.QUEUED, ClaimedWork.RUNNING, model.abandoned_status, model.error_status}
+        problem = ""
+        if model.service_key not in services:
+            problem = f"its service_key {model.service_key!r} is not a registered service"
+        elif not isinstance(model.job_function, str) or "." not in model.job_function:
+            problem = f"its job_function {model.job_function!r} is not a dotted path"
+        elif not needed <= statuses:
+            problem = f"its status choices lack {', '.join(sorted(needed - statuses))}"
+        if problem:
+            errors.append(
+                Error(
+                    f"Claimed-work model {label}: {problem}.",
+                    hint="See worker_mode.models.ClaimedWork for what a subclass sets.",
+                    id="worker_mode.E010",
+                )
+            )
+        recovery, max_attempts = model.recovery_policy()
+        recovery_name, attempts_name = model.recovery_settings()
+        if recovery not in POLICIES:
+            errors.append(
+                Error(
+                    f"{recovery_name} is {recovery!r}.",
+                    hint=f"Use {' or '.join(repr(p) for p in POLICIES)} (what recovery does with {label}).",
+                    id="worker_mode.E011",
+                )
+            )
+        if not _is_whole(max_attempts, 1):
+            errors.append(
+                Error(
+                    f"{attempts_name} must be a whole number >= 1, not {max_attempts!r}.",
+                    hint="For example 3.",
+                    id="worker_mode.E011",
+                )
+            )
+    return errors
+
+
 def startup_errors() -> list[CheckMessage]:
     """The worker_mode errors that must stop a node from starting (used by gunicorn and wsgi)."""
-    messages = [*check_worker_mode(), *check_queues(), *check_process_settings()]
+    messages = [*check_worker_mode(), *check_queues(), *check_process_settings(), *check_claim_settings()]
     silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", []))
     return [m for m in messages if m.is_serious() and m.id not in silenced]

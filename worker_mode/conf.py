@@ -71,6 +71,22 @@ class Settings:
         return str(_get("WORKER_MODE_METRICS_TOKEN") or "")
 
     @property
+    def WORKER_MODE_LEASE(self) -> float:
+        return _get("WORKER_MODE_LEASE")
+
+    @property
+    def WORKER_MODE_RECOVERY_INTERVAL(self) -> float:
+        return _get("WORKER_MODE_RECOVERY_INTERVAL")
+
+    @property
+    def WORKER_MODE_REQUEUE_INTERVAL(self) -> float:
+        return _get("WORKER_MODE_REQUEUE_INTERVAL")
+
+    @property
+    def WORKER_MODE_QUEUED_GRACE(self) -> float:
+        return _get("WORKER_MODE_QUEUED_GRACE")
+
+    @property
     def REDIS_URL(self) -> str:
         return _get("REDIS_URL")
 

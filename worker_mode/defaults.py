@@ -36,5 +36,17 @@ WORKER_MODE_WORKER_NICE = 10
 WORKER_MODE_METRICS_TOKEN = ""
 """Bearer token that may read /metrics (Prometheus); empty: staff sessions only."""
 
+WORKER_MODE_LEASE = 30.0
+"""Seconds claimed work is held without renewal; its owner renews every third of it while it runs."""
+
+WORKER_MODE_RECOVERY_INTERVAL = 5.0
+"""Seconds between sweeps for claimed work whose owner is gone (lease lapsed, process or node gone)."""
+
+WORKER_MODE_REQUEUE_INTERVAL = 30.0
+"""Seconds between checks for queued work whose queue message is gone (Redis flushed or down)."""
+
+WORKER_MODE_QUEUED_GRACE = 10.0
+"""Queued work this old (seconds) whose message is gone is enqueued again."""
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 """The Redis the automatic RQ_QUEUES use (one queue per registered service key)."""

@@ -2,7 +2,9 @@
 
 Each task runs at start and then every ``every`` seconds on every node that
 serves its service; a non-blocking Redis lock makes one node at a time run it,
-so N worker nodes do not do the same sweep N times.
+so N worker nodes do not do the same sweep N times. Besides the tasks services
+declare, every served key with claimed-work models gets worker_mode's recovery
+sweeps (``claims.periodic_tasks``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from .registry import PeriodicTask, services
 
 logger = logging.getLogger(__name__)
 
-#: A lock outlives a task by at most this much if its holder dies.
-_LOCK_TIMEOUT = 60.0
+#: A lock outlives a task by at most twice its interval, and at least this much, if its holder dies
+#: (or freezes): short, so that a lost node holding a recovery lock delays recovery by seconds.
+_LOCK_TIMEOUT = 10.0
 
 
 class PeriodicRunner:
@@ -30,24 +33,26 @@ class PeriodicRunner:
     def __init__(self, keys: Iterable[str], clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.tasks: list[tuple[str, PeriodicTask]] = []
+        from .claims import periodic_tasks
+
         seen: set[str] = set()
         for key in keys:
-            for task in services.get(key).periodic:
-                if task.func not in seen:
-                    seen.add(task.func)
+            for task in (*services.get(key).periodic, *periodic_tasks([key])):
+                if task.name not in seen:
+                    seen.add(task.name)
                     self.tasks.append((key, task))
-        self.next_run = {task.func: 0.0 for _, task in self.tasks}
+        self.next_run = {task.name: 0.0 for _, task in self.tasks}
 
     def run_due(self, *, force: bool = False) -> list[str]:
         """Run every task that is due (all of them if ``force``); returns the names of those run."""
         ran: list[str] = []
         for key, task in self.tasks:
             now = self.clock()
-            if not force and now < self.next_run[task.func]:
+            if not force and now < self.next_run[task.name]:
                 continue
-            self.next_run[task.func] = now + task.every
+            self.next_run[task.name] = now + task.every
             if run_locked(key, task):
-                ran.append(task.func)
+                ran.append(task.name)
         return ran
 
 
@@ -55,25 +60,25 @@ def run_locked(key: str, task: PeriodicTask) -> bool:
     """Run ``task`` unless another node holds its lock; errors are logged, never raised."""
     try:
         lock = get_connection(key).lock(
-            f"worker_mode:periodic:{task.func}", timeout=max(_LOCK_TIMEOUT, task.every * 2)
+            f"worker_mode:periodic:{task.name}", timeout=max(_LOCK_TIMEOUT, task.every * 2)
         )
         if not lock.acquire(blocking=False):
             return False
     except RedisError as exc:
-        logger.warning("Periodic task %s skipped: Redis for %s is unavailable (%s)", task.func, key, exc)
+        logger.warning("Periodic task %s skipped: Redis for %s is unavailable (%s)", task.name, key, exc)
         return False
     try:
-        import_string(task.func)()
+        import_string(task.func)(*task.args)
         return True
     except Exception:
-        logger.exception("Periodic task %s failed", task.func)
+        logger.exception("Periodic task %s failed", task.name)
         return False
     finally:
         try:
             lock.release()
         except RedisError:
-            logger.warning("Could not release the lock of periodic task %s", task.func)
+            logger.warning("Could not release the lock of periodic task %s", task.name)
         except Exception:  # LockNotOwnedError: it expired while the task ran
-            logger.warning("Periodic task %s outlived its lock", task.func)
+            logger.warning("Periodic task %s outlived its lock", task.name)
         # The supervisor forks workers: it must not keep a connection a child could inherit mid-use.
         connections.close_all()

@@ -118,31 +118,52 @@ def enqueue(
 _ALIVE_STATES = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED})
 
 
-def lost_jobs(key: str, job_ids: list[str]) -> set[str]:
+def lost_jobs(key: str, job_ids: list[str], *, stale_after: float | None = None) -> set[str]:
     """The ids among ``job_ids`` whose message will never reach a worker of ``key``.
 
     A job is lost when Redis no longer has it (flushed, restarted empty, the enqueue
     failed) or it ended (failed, stopped, canceled) while the database row it refers
-    to still waits. Recovery sweeps re-enqueue the rows behind these ids.
+    to still waits. With ``stale_after``, a job rq still calls *started* for longer
+    than that is lost too: the rows asked about are queued, so whoever started the job
+    never claimed the row (its worker died first). Recovery re-enqueues these rows.
     """
+    import datetime
+
     from rq.job import Job
 
     if not job_ids:
         return set()
     jobs = Job.fetch_many(job_ids, connection=get_connection(key))
-    return {
-        job_id
-        for job_id, job in zip(job_ids, jobs, strict=True)
-        if job is None or job.get_status(refresh=False) not in _ALIVE_STATES
-    }
+    stale_before = (
+        None
+        if stale_after is None
+        else datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=stale_after)
+    )
+    lost = set()
+    for job_id, job in zip(job_ids, jobs, strict=True):
+        status = None if job is None else job.get_status(refresh=False)
+        if status not in _ALIVE_STATES:
+            lost.add(job_id)
+        elif status == JobStatus.STARTED and stale_before is not None:
+            started = job.started_at
+            if started is not None and started.replace(tzinfo=started.tzinfo or datetime.UTC) < stale_before:
+                lost.add(job_id)
+    return lost
 
 
-def requeue_lost(key: str, waiting: Any, dispatch: Callable[[Any], Any], *, batch: int = 500) -> int:
+def requeue_lost(
+    key: str,
+    waiting: Any,
+    dispatch: Callable[[Any], Any],
+    *,
+    batch: int = 500,
+    stale_after: float | None = None,
+) -> int:
     """Enqueue again, with ``dispatch(row)``, every row of ``waiting`` whose message is lost.
 
-    ``waiting`` is a queryset of rows with a ``job_id`` (queued executions, pending
-    tasks). It is paged through by primary key in ``batch``-sized pages, so a long
-    backlog whose messages are fine never hides lost ones behind it. Returns how many.
+    ``waiting`` is a queryset of queued rows with a ``job_id``. It is paged through by
+    primary key in ``batch``-sized pages, so a long backlog whose messages are fine
+    never hides lost ones behind it. Returns how many.
     """
     requeued, last_pk = 0, None
     waiting = waiting.order_by("pk")
@@ -151,7 +172,7 @@ def requeue_lost(key: str, waiting: Any, dispatch: Callable[[Any], Any], *, batc
         if not page:
             return requeued
         last_pk = page[-1].pk
-        lost = lost_jobs(key, [row.job_id for row in page])
+        lost = lost_jobs(key, [row.job_id for row in page], stale_after=stale_after)
         for row in page:
             if row.job_id in lost:
                 dispatch(row)

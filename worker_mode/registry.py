@@ -24,7 +24,7 @@ from .mode import ALL_SERVICES, KEY_PATTERN, REQUESTS, TRANSIENT
 
 @dataclass(frozen=True)
 class PeriodicTask:
-    """A function (dotted path, no arguments) that nodes serving a service run every ``every`` seconds.
+    """A function (dotted path) that nodes serving a service run every ``every`` seconds, with ``args``.
 
     A Redis lock makes one node at a time run it; it must still be safe to run
     twice (claim rows with a conditional UPDATE), since a lock can expire.
@@ -32,12 +32,18 @@ class PeriodicTask:
 
     func: str
     every: float
+    args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.func, str) or "." not in self.func:
             raise WorkerModeError(f"PeriodicTask func must be a dotted path, got {self.func!r}.")
         if not self.every > 0:
             raise WorkerModeError(f"PeriodicTask {self.func} needs every > 0 seconds, got {self.every!r}.")
+
+    @property
+    def name(self) -> str:
+        """The task's name in logs and its lock: the function, and its arguments if any."""
+        return f"{self.func}({', '.join(self.args)})" if self.args else self.func
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,7 @@ class WorkflowsConfig(AppConfig):
         register_service(
             SERVICE_KEY,
             description="Asynchronous workflow executions",
-            periodic=(
-                PeriodicTask("workflows.recovery.recover", every=conf.WORKFLOWS_RECOVERY_INTERVAL),
-                PeriodicTask("workflows.recovery.tick", every=conf.WORKFLOWS_TICK_INTERVAL),
-            ),
+            # Recovery of executions is worker_mode's: Execution is ClaimedWork.
+            periodic=(PeriodicTask("workflows.recovery.tick", every=conf.WORKFLOWS_TICK_INTERVAL),),
         )
         triggers.connect_signals()

@@ -1,4 +1,4 @@
-"""System checks of the workflows app's settings (ids workflows.E001-E004, listed in the README)."""
+"""System checks of the workflows app's settings (ids workflows.E001, E003, E004, listed in the README)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="workflows.E001",
                 )
             )
-    if conf.WORKFLOWS_RECOVER_STARTED not in ("resume", "fail"):
-        errors.append(
-            checks.Error(
-                f"WORKFLOWS_RECOVER_STARTED is {conf.WORKFLOWS_RECOVER_STARTED!r}.",
-                hint="Use 'resume' or 'fail'.",
-                id="workflows.E002",
-            )
-        )
+    # workflows.E002 (WORKFLOWS_RECOVER_STARTED) is retired: recovery settings are checked by
+    # worker_mode.E011 for every claimed-work model.
     for item in conf.WORKFLOWS_HTTP_ALLOWED_NETWORKS:
         try:
             ipaddress.ip_network(item, strict=False)
@@ -44,12 +38,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="workflows.E003",
                 )
             )
-    for name in (
-        "WORKFLOWS_LEASE",
-        "WORKFLOWS_RECOVERY_INTERVAL",
-        "WORKFLOWS_TICK_INTERVAL",
-        "WORKFLOWS_MAX_ATTEMPTS",
-    ):
+    for name in ("WORKFLOWS_TICK_INTERVAL", "WORKFLOWS_HTTP_MAX_TIMEOUT"):
         value = getattr(conf, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             errors.append(

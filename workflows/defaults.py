@@ -15,20 +15,12 @@ WORKFLOWS_HTTP_MAX_RESPONSE_BYTES = 1024 * 1024
 WORKFLOWS_MAX_RECORDS = 1000
 """At most this many records per query, update or delete node."""
 
-WORKFLOWS_RECOVER_STARTED = "resume"
-"""An execution whose worker died: "resume" (from its last finished node) or "fail" (mark it aborted)."""
+WORKFLOWS_RECOVERY = "retry"
+"""An execution whose owner is gone (process, node, lease): "retry" (resume it from its last finished
+node) or "fail" (end it as aborted). Shared vocabulary of worker_mode's claimed work."""
 
 WORKFLOWS_MAX_ATTEMPTS = 3
-"""An execution whose workers died this many times is aborted instead of resumed again."""
-
-WORKFLOWS_LEASE = 300.0
-"""Seconds a worker holds a started execution without renewing it (renewed before each node)."""
-
-WORKFLOWS_QUEUED_GRACE = 10.0
-"""A queued execution this old (seconds) with no message in Redis is enqueued again by recovery."""
-
-WORKFLOWS_RECOVERY_INTERVAL = 30.0
-"""Seconds between recovery sweeps on nodes serving workflow:process (also run at worker start)."""
+"""Runs cut short (owner gone) after which an execution is aborted instead of resumed again."""
 
 WORKFLOWS_TICK_INTERVAL = 1.0
 """Seconds between checks for due schedules and finished delays."""

@@ -1,11 +1,13 @@
 """Running executions: create, dispatch, claim, run node by node, pause, finish, cancel, retry.
 
-The database row is the truth. A worker claims an execution with a
-conditional UPDATE (queued -> started, with its name), so a duplicated
-message never runs it twice. Each node's effects and its job's "resolved"
-row commit together, so an execution resumed after its worker died re-runs
-at most the node that was interrupted, whose database effects were rolled
-back with it.
+The database row is the truth, and an execution is worker_mode's claimed work:
+a worker claims it with a conditional UPDATE (queued -> running, with a fresh
+claim token), so a duplicated message never runs it twice. Each node's effects
+and its job's "resolved" row commit together, in a transaction that also checks
+the claim (``Claim.fence``/``finish``): an execution resumed after its owner was
+lost re-runs at most the node that was interrupted, whose database effects were
+rolled back with it, and an owner that was frozen past its lease and taken over
+commits nothing more.
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from worker_mode import current_worker_name, enqueue
+from worker_mode import claims, enqueue, storable
+from worker_mode.claims import Claim, ClaimLost
 from worker_mode.conf import conf as worker_conf
 
 from . import nodes as node_types
 from . import sql
 from .apps import SERVICE_KEY
-from .conf import conf
 from .exceptions import NodeFailed, WorkflowFailed
 from .graph import Graph
 from .models import Execution, Job, Node, Workflow
@@ -43,10 +44,6 @@ _stack: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar("workfl
 class _Paused(Exception):
     def __init__(self, until: datetime.datetime) -> None:
         self.until = until
-
-
-class _LostClaim(Exception):
-    """The execution was canceled, or recovery gave it to another worker."""
 
 
 class _TimedOut(Exception):
@@ -85,10 +82,12 @@ def start(
 
     Sync: runs now, in the caller's transaction, and raises WorkflowFailed
     unless it resolves (so the caller's atomic block rolls back). Returns
-    None when the stack limit stops it.
+    None when the stack limit stops it. Raises NotStorable for a context the
+    database cannot store.
     """
     if not within_stack_limit(workflow):
         return None
+    storable.check(context)
     execution = Execution(
         workflow=workflow,
         event=event,
@@ -101,16 +100,11 @@ def start(
         execution.save()
         dispatch(execution)
         return execution
-    worker = current_worker_name()
-    execution.status = Status.STARTED
-    execution.worker = worker
-    execution.node_name = worker_conf.WORKER_MODE_NODE_NAME
-    execution.started_at = timezone.now()
-    execution.lease_expires_at = timezone.now() + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE)
-    execution.attempts = 1
     with transaction.atomic():
-        execution.save()
-        Runner(execution, worker, first_run=True).run()
+        # Claimed like a worker's run; nobody else sees the row before it is finished.
+        claim = claims.claim_new(execution)
+        with claim:
+            Runner(execution, claim, first_run=True).run()
         execution.refresh_from_db()
         if execution.status != Status.RESOLVED:
             raise WorkflowFailed(execution)
@@ -156,39 +150,32 @@ def forget_workflows() -> None:
     _graphs.clear()
 
 
-def claim(execution_id: int, worker: str) -> Execution | None:
-    """queued -> started for ``worker``, if nobody else has it; the claimed execution, else None.
+def claim(execution_id: int, owner: claims.Owner | None = None) -> Claim | None:
+    """queued -> running for this process (or ``owner``), if nobody else has it; the Claim, else None.
 
-    The returned execution's ``first_claim`` tells whether this was its first
-    claim (then no job of it can exist yet).
+    The claimed execution (``claim.instance``) has its workflow, and ``first_claim``
+    tells whether this was its first claim (then no job of it can exist yet).
     """
-    now = timezone.now()
-    execution = sql.claim(
-        execution_id,
-        worker=worker,
-        node_name=worker_conf.WORKER_MODE_NODE_NAME,
-        now=now,
-        lease_until=now + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE),
-    )
-    if execution is None:
-        return None
-    execution.workflow = _workflow(execution.workflow_id)
-    execution.first_claim = execution.started_at == now
-    return execution
+    claimed = claims.claim(Execution, execution_id, owner=owner)
+    if claimed is not None:
+        claimed.instance.workflow = _workflow(claimed.instance.workflow_id)
+    return claimed
 
 
-def run(execution_id: int, worker: str | None = None) -> str:
+def run(execution_id: int) -> str:
     """Claim and run an execution; returns its status after this run, or "not claimed"."""
-    worker = worker or current_worker_name()
-    execution = claim(execution_id, worker)
-    if execution is None:
-        logger.info(
-            "Execution %s not claimed by %s: it is not queued (already taken or finished)",
-            execution_id,
-            worker,
-        )
+    claimed = claim(execution_id)
+    if claimed is None:
+        logger.info("Execution %s not claimed: it is not queued (already taken or finished)", execution_id)
         return "not claimed"
-    return Runner(execution, worker, first_run=execution.first_claim).run()
+    execution = claimed.instance
+    with claimed:  # renews the lease meanwhile; an error that escapes still ends the execution
+        return Runner(execution, claimed, first_run=execution.first_claim).run()
+    return _status_of(execution_id)
+
+
+def _status_of(execution_id: int) -> str:
+    return Execution.objects.filter(pk=execution_id).values_list("status", flat=True).first() or ""
 
 
 #: How often a running execution re-reads its row to notice a cancel or a takeover.
@@ -217,15 +204,17 @@ class Runner:
     the row is re-read for a cancel at most every half second.
     """
 
-    def __init__(self, execution: Execution, worker: str, *, first_run: bool = False) -> None:
+    def __init__(self, execution: Execution, claim: Claim, *, first_run: bool = False) -> None:
         self.execution = execution
-        self.worker = worker
+        self.claim = claim
         self.workflow = execution.workflow
         self.graph = _graph_of(self.workflow)
         self.jobs: dict[str, Job] = (
             {} if first_run else {job.node_key: job for job in Job.objects.filter(execution=execution)}
         )
         self.buffer: list[Job] = []
+        #: Jobs that exist and changed (a re-run): saved by ``_flush`` with the next fenced write.
+        self.dirty: list[Job] = []
         #: Set when the last node's transaction has already marked the execution resolved.
         self.finished = False
         self.scope: dict[str, Any] = {
@@ -235,14 +224,10 @@ class Runner:
         }
         now = timezone.now()
         self.checked_at = now
-        self.renew_at = now + datetime.timedelta(seconds=conf.WORKFLOWS_LEASE) / 2
         started = execution.started_at or now
         self.deadline = (
             started + datetime.timedelta(seconds=self.workflow.timeout) if self.workflow.timeout else None
         )
-
-    def mine(self):
-        return Execution.objects.filter(pk=self.execution.pk, status=Status.STARTED, worker=self.worker)
 
     def run(self) -> str:
         token = _stack.set((*self.execution.stack, self.workflow.pk))
@@ -253,24 +238,18 @@ class Runner:
                 if end is not None and end.end == "failed":
                     status, error = Status.FAILED, end.end_message or "Ended by an end node."
         except _Paused as paused:
-            with transaction.atomic():
-                self._flush()
-                # A pause is not a failed attempt: WORKFLOWS_MAX_ATTEMPTS counts runs cut short.
-                updated = self.mine().update(
-                    status=Status.QUEUED,
-                    run_after=paused.until,
-                    worker="",
-                    lease_expires_at=None,
-                    attempts=F("attempts") - 1,
-                )
+            try:
+                with transaction.atomic():
+                    self._flush()
+                    # A pause is not a failed attempt: WORKFLOWS_MAX_ATTEMPTS counts runs cut short.
+                    if not self.claim.release(run_after=paused.until, refund_attempt=True):
+                        raise self.claim._lose()
+            except ClaimLost:
+                return self._stopped()
             logger.info("Execution %s paused until %s", self.execution.pk, paused.until.isoformat())
-            return Status.QUEUED if updated else self._current_status()
-        except _LostClaim:
-            self._flush()
-            logger.warning(
-                "Execution %s stopped: canceled or taken over while %s ran it", self.execution.pk, self.worker
-            )
-            return self._current_status()
+            return Status.QUEUED
+        except ClaimLost:
+            return self._stopped()
         except _TimedOut:
             status, error = Status.ABORTED, f"Timed out after {self.workflow.timeout} s."
         except NodeFailed as exc:
@@ -280,17 +259,19 @@ class Runner:
             status, error = Status.ERROR, f"{type(exc).__name__}: {exc}"
         finally:
             _stack.reset(token)
-        if self.finished:  # by the last node's own transaction
-            finished = 1
-        else:
-            together = self.buffer or status != Status.RESOLVED
-            with transaction.atomic() if together else contextlib.nullcontext():
-                self._flush()
-                finished = self._finish(status, error)
-                if finished and status != Status.RESOLVED:
-                    Job.objects.filter(execution=self.execution, status=Job.Status.PENDING).update(
-                        status=Job.Status.ABORTED, finished_at=timezone.now()
-                    )
+        if not self.finished:  # else the last node's own transaction did it
+            together = self.buffer or self.dirty or status != Status.RESOLVED
+            try:
+                with transaction.atomic() if together else contextlib.nullcontext():
+                    self._flush()
+                    if not self._finish(status, error):
+                        raise self.claim._lose()  # rolls the job rows back with it
+                    if status != Status.RESOLVED:
+                        Job.objects.filter(execution=self.execution, status=Job.Status.PENDING).update(
+                            status=Job.Status.ABORTED, finished_at=timezone.now()
+                        )
+            except ClaimLost:
+                return self._stopped()
         # A resolved execution is the common case and rq already logs "Job OK" for it.
         logger.log(
             logging.DEBUG if status == Status.RESOLVED else logging.INFO,
@@ -300,15 +281,20 @@ class Runner:
             status,
             f" ({error})" if error else "",
         )
-        return status if finished else self._current_status()
+        return status
 
-    def _finish(self, status: str, error: str) -> int:
-        return sql.finish(
-            self.execution.pk, worker=self.worker, status=status, error=error, now=timezone.now()
+    def _finish(self, status: str, error: str) -> bool:
+        return self.claim.finish(status, error=error)
+
+    def _stopped(self) -> str:
+        """The claim is gone (a cancel, or a takeover after the lease lapsed): nothing more is written."""
+        self.buffer, self.dirty = [], []
+        logger.warning(
+            "Execution %s stopped: canceled or taken over while %s ran it",
+            self.execution.pk,
+            self.execution.worker,
         )
-
-    def _current_status(self) -> str:
-        return Execution.objects.filter(pk=self.execution.pk).values_list("status", flat=True).first() or ""
+        return _status_of(self.execution.pk)
 
     def walk(self, node, last: bool = True) -> node_types.Outcome | None:
         """Run ``node`` and what follows it; returns the outcome of an end node if one is reached.
@@ -331,19 +317,14 @@ class Runner:
         return None
 
     def check_claim(self) -> None:
-        """Stop on a timeout, a cancel or a takeover; renew the lease when half of it is used."""
+        """Stop on a timeout, a cancel or a takeover; renew the lease when due."""
         now = timezone.now()
         if self.deadline is not None and now > self.deadline:
             raise _TimedOut
-        if now >= self.renew_at:
-            lease = datetime.timedelta(seconds=conf.WORKFLOWS_LEASE)
-            if not self.mine().update(lease_expires_at=now + lease):
-                raise _LostClaim
-            self.renew_at = now + lease / 2
-            self.checked_at = now
-        elif now - self.checked_at >= _CLAIM_CHECK_INTERVAL:
-            if not self.mine().exists():
-                raise _LostClaim
+        self.claim.check()
+        if now - self.checked_at >= _CLAIM_CHECK_INTERVAL:
+            if not self.claim.still_mine():
+                raise self.claim._lose()
             self.checked_at = now
 
     def run_node(self, node: Node, *, last: bool = False) -> node_types.Outcome:
@@ -358,36 +339,48 @@ class Runner:
         if node_type.external:
             # Recorded before acting: a rollback cannot undo a call, and a re-run must show.
             self._record(node, Job.Status.PENDING, None, "", started_at)
-            self._flush()
+            with transaction.atomic():
+                self._flush()
+                self.claim.fence()
         if node_type.pure:
             try:
                 outcome = node_types.run(node.type, node.config, self.scope)
+                storable.check(outcome.result)
             except Exception as exc:
                 raise self._failed(node, exc, started_at) from exc
             self._record(node, Job.Status.RESOLVED, outcome.result, "", started_at)
         else:
             # The node's effects and its job row (with the buffered ones) commit together, so a
-            # worker that dies mid-node leaves nothing half-written to re-run over. The last node
-            # of the execution also finishes it in the same transaction; if the execution was
-            # canceled or taken over meanwhile, the node's effects are rolled back.
-            buffered, known = list(self.buffer), dict(self.jobs)
+            # worker that dies mid-node leaves nothing half-written to re-run over. The same
+            # transaction checks the claim (the last node finishes the execution in it): if the
+            # execution was canceled or taken over meanwhile, the node's effects are rolled back.
+            buffered, known, dirty = list(self.buffer), dict(self.jobs), list(self.dirty)
             try:
-                with transaction.atomic():
+                if node_type.external:
+                    # Called outside any transaction: a call cannot be rolled back, and no lock
+                    # (the execution's row, SQLite's write lock) may be held while a peer answers.
                     outcome = node_types.run(node.type, node.config, self.scope)
+                    storable.check(outcome.result)
+                with transaction.atomic():
+                    if not node_type.external:
+                        outcome = node_types.run(node.type, node.config, self.scope)
+                        storable.check(outcome.result)
                     status = Job.Status.PENDING if outcome.pause_until else Job.Status.RESOLVED
                     self._record(node, status, outcome.result, "", started_at)
                     self._flush()
                     if last and not outcome.pause_until and not outcome.branch and not outcome.end:
                         if not self._finish(Status.RESOLVED, ""):
-                            raise _LostClaim
+                            raise self.claim._lose()
                         self.finished = True
+                    else:
+                        self.claim.fence()
             except Exception as exc:
                 for pending in buffered:  # rolled back with the node: write them again later
                     pending.pk, pending._state.adding = None, True
-                self.buffer, self.jobs = buffered, known
+                self.buffer, self.jobs, self.dirty = buffered, known, dirty
                 if node.key in known:
                     known[node.key].refresh_from_db()
-                if isinstance(exc, _LostClaim):
+                if isinstance(exc, ClaimLost):
                     raise
                 raise self._failed(node, exc, started_at) from exc
         if outcome.pause_until is not None:
@@ -398,8 +391,17 @@ class Runner:
     def _failed(self, node: Node, exc: Exception, started_at: datetime.datetime) -> Exception:
         """Record the node's failure; returns the exception that ends the execution."""
         if isinstance(exc, NodeFailed):
-            self._record(node, Job.Status.FAILED, exc.result, str(exc), started_at)
+            result = exc.result
+            try:
+                storable.check(result)
+            except storable.NotStorable:
+                result = None
+            self._record(node, Job.Status.FAILED, result, str(exc), started_at)
             failure: Exception = exc
+        elif isinstance(exc, storable.NotStorable):
+            message = f"The node's result cannot be stored: {exc}"
+            self._record(node, Job.Status.FAILED, None, message, started_at)
+            failure = NodeFailed(f"Node {node.key}: {message}")
         elif isinstance(exc, ValidationError):
             message = "; ".join(exc.messages)
             self._record(node, Job.Status.FAILED, None, message, started_at)
@@ -407,14 +409,14 @@ class Runner:
         else:
             self._record(node, Job.Status.ERROR, None, f"{type(exc).__name__}: {exc}", started_at)
             failure = exc
-        self._flush()
-        return failure
+        return failure  # its job row is written with the execution's end
 
     def _record(
         self, node: Node, status: str, result: Any, error: str, started_at: datetime.datetime
     ) -> None:
-        """Write the node's job: an existing row (a re-run) at once, a new one into the buffer."""
+        """Record the node's job, written by the next ``_flush`` (always with a fenced write)."""
         finished_at = None if status == Job.Status.PENDING else timezone.now()
+        error = storable.text(error)
         job = self.jobs.get(node.key)
         if job is None:
             self.buffer.append(
@@ -428,9 +430,13 @@ class Runner:
             job.runs += 1  # a re-run: after a dead worker, or a retry
         job.status, job.result, job.error = status, result, error
         job.started_at, job.finished_at = started_at, finished_at
-        job.save(update_fields=["runs", "status", "result", "error", "started_at", "finished_at"])
+        if job not in self.dirty:
+            self.dirty.append(job)
 
     def _flush(self) -> None:
+        for job in self.dirty:
+            job.save(update_fields=["runs", "status", "result", "error", "started_at", "finished_at"])
+        self.dirty = []
         if self.buffer:
             sql.insert_jobs(self.buffer)
             for job in self.buffer:
@@ -460,8 +466,8 @@ class Runner:
 def cancel(execution: Execution) -> bool:
     """Cancel a queued or started execution; a running one stops before its next node."""
     now = timezone.now()
-    canceled = Execution.objects.filter(pk=execution.pk, status__in=[Status.QUEUED, Status.STARTED]).update(
-        status=Status.CANCELED, finished_at=now, lease_expires_at=None, error="Canceled."
+    canceled = Execution.objects.filter(pk=execution.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
+        status=Status.CANCELED, finished_at=now, lease_expires_at=None, claim_token="", error="Canceled."
     )
     if canceled:
         Job.objects.filter(execution=execution, status=Job.Status.PENDING).update(
@@ -476,7 +482,14 @@ def retry(execution: Execution) -> bool:
         retried = Execution.objects.filter(
             pk=execution.pk, status__in=[Status.FAILED, Status.ERROR, Status.ABORTED, Status.CANCELED]
         ).update(
-            status=Status.QUEUED, error="", finished_at=None, run_after=None, worker="", lease_expires_at=None
+            status=Status.QUEUED,
+            error="",
+            finished_at=None,
+            run_after=None,
+            worker="",
+            node_name="",
+            pid=None,
+            lease_expires_at=None,
         )
         if retried:
             # Resolved jobs are replayed from their stored results; the others run again (runs + 1).

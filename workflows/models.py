@@ -12,8 +12,12 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from worker_mode.models import ClaimedWork
+from worker_mode.storable import validate_storable_json
+
 from . import nodes as node_types
 from . import schedule
+from .apps import SERVICE_KEY
 from .exceptions import ConfigError
 
 
@@ -34,7 +38,7 @@ class Workflow(models.Model):
         help_text="Run inside the triggering request (and roll it back on failure). Fixed once created.",
     )
     trigger_type = models.CharField(max_length=20, choices=Trigger.choices)
-    trigger_config = models.JSONField(default=dict, blank=True)
+    trigger_config = models.JSONField(default=dict, blank=True, validators=[validate_storable_json])
     stack_limit = models.PositiveSmallIntegerField(
         default=1,
         validators=[MinValueValidator(1)],
@@ -151,7 +155,7 @@ class Node(models.Model):
     key = models.SlugField(max_length=100, help_text="Names the node's result: {{ $jobs.<key> }}.")
     title = models.CharField(max_length=200, blank=True)
     type = models.CharField(max_length=20, choices=node_types.CHOICES)
-    config = models.JSONField(default=dict, blank=True)
+    config = models.JSONField(default=dict, blank=True, validators=[validate_storable_json])
     upstream = models.SlugField(
         max_length=100, blank=True, help_text="Key of the node before this one; empty for the first node."
     )
@@ -176,10 +180,12 @@ class Node(models.Model):
             raise ValidationError({"config": exc.messages}) from None
 
 
-class Execution(models.Model):
+class Execution(ClaimedWork):
+    """One run of a workflow version; its claim state (``ClaimedWork``) says who runs it now."""
+
     class Status(models.TextChoices):
         QUEUED = "queued"
-        STARTED = "started"
+        RUNNING = "running"
         RESOLVED = "resolved"
         FAILED = "failed"
         ERROR = "error"
@@ -188,29 +194,25 @@ class Execution(models.Model):
 
     FINISHED = (Status.RESOLVED, Status.FAILED, Status.ERROR, Status.ABORTED, Status.CANCELED)
 
+    service_key = SERVICE_KEY
+    job_function = "workflows.jobs.process_execution"
+    abandoned_status = Status.ABORTED
+    error_status = Status.ERROR
+    settings_prefix = "WORKFLOWS"
+    default_recovery = "retry"
+
     workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="executions")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     event = models.CharField(
         max_length=20, help_text="What triggered it: created, updated, schedule, manual..."
     )
-    context = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True, validators=[validate_storable_json])
     #: Workflow ids of the executions that led to this one (for the stack limit).
     stack = models.JSONField(default=list, blank=True)
     triggered_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     scheduled_for = models.DateTimeField(null=True, blank=True, help_text="The due time of a scheduled run.")
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    #: A paused (delayed) execution is not dispatched before this time.
-    run_after = models.DateTimeField(null=True, blank=True)
-    #: The worker process that claimed it: "{node}.{group}.{index}.{pid}".
-    worker = models.CharField(max_length=255, blank=True)
-    node_name = models.CharField("node", max_length=255, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker claimed it.")
-    error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -231,15 +233,33 @@ class Execution(models.Model):
         return f"Execution #{self.pk} of {self.workflow.key} ({self.status})"
 
     @property
-    def job_id(self) -> str:
-        """The rq job id that carries this execution (the same at every dispatch)."""
-        return f"workflow-execution-{self.pk}"
-
-    @property
     def duration(self) -> datetime.timedelta | None:
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None
+
+    # -- ClaimedWork hooks ----------------------------------------------------------------
+
+    def dispatch(self) -> str:
+        from . import engine
+
+        return engine.dispatch(self)
+
+    @classmethod
+    def for_dispatch(cls, queryset: models.QuerySet) -> models.QuerySet:
+        return queryset.select_related("workflow")
+
+    @classmethod
+    def recovery_policy(cls) -> tuple[str, int]:
+        from .conf import conf
+
+        return conf.WORKFLOWS_RECOVERY, conf.WORKFLOWS_MAX_ATTEMPTS
+
+    @classmethod
+    def abandoned(cls, pk: Any, reason: str, now: datetime.datetime) -> None:
+        Job.objects.filter(execution_id=pk, status=Job.Status.PENDING).update(
+            status=Job.Status.ABORTED, finished_at=now, error=reason
+        )
 
 
 class Job(models.Model):

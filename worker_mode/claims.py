@@ -1,0 +1,658 @@
+"""Claimed work: one lifecycle for background work whose database row is the truth.
+
+Every model that inherits :class:`worker_mode.models.ClaimedWork` (workflow
+executions, import/export tasks, a third-party app's work) goes through::
+
+    queued --claim--> running --finish--> a final status of the model
+                         |--release--> queued (a pause, or a node stopping first)
+                         `--owner gone: recovery--> queued again (retry) or ended (fail)
+
+- **claim**: one conditional ``UPDATE ... RETURNING``: queued -> running with a new
+  claim token, the owner's node, pid and worker name, a lease of WORKER_MODE_LEASE
+  seconds and ``attempts + 1``. A duplicate message finds nothing to claim.
+- **renew**: while the work runs, a thread of the owning process extends the lease
+  every third of WORKER_MODE_LEASE (also during a long import batch or an HTTP
+  call); ``check()`` does the same at the work's own safe points.
+- **fence / finish / release**: every write of the owner is conditional on its token
+  and on the row still running. A process frozen or cut off past its lease, whose
+  work recovery gave to another, finds nothing to update: it commits nothing more.
+- **recover** (nodes serving the key, every WORKER_MODE_RECOVERY_INTERVAL seconds):
+  running work whose lease lapsed, whose process on this node is gone, or whose node
+  left the cluster (no presence in Redis and no heartbeat for two renewals) is queued
+  again or ended with the reason, by the model's policy (``<PREFIX>_RECOVERY``,
+  ``<PREFIX>_MAX_ATTEMPTS``). **requeue_lost** (every WORKER_MODE_REQUEUE_INTERVAL
+  seconds) enqueues again queued work whose message Redis lost.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.apps import apps
+from django.db import DatabaseError, connections, router
+from django.db.models import F, Q
+from django.utils import timezone
+from redis import RedisError
+
+from . import storable
+from .conf import conf
+from .models import ClaimedWork
+
+logger = logging.getLogger(__name__)
+
+RETRY, FAIL = "retry", "fail"
+POLICIES = (RETRY, FAIL)
+QUEUED, RUNNING = ClaimedWork.QUEUED, ClaimedWork.RUNNING
+
+W = TypeVar("W", bound=ClaimedWork)
+
+
+class ClaimLost(Exception):
+    """This process no longer holds the claim: the work was canceled, or recovery gave it to another."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who claims: the node (WORKER_MODE_NODE_NAME), the process id, and the worker's display name."""
+
+    node: str
+    pid: int
+    worker: str
+
+
+def current_owner() -> Owner:
+    from .cluster import current_worker_name
+
+    return Owner(conf.WORKER_MODE_NODE_NAME, os.getpid(), current_worker_name())
+
+
+def lease_seconds() -> float:
+    return float(conf.WORKER_MODE_LEASE)
+
+
+def renew_interval() -> float:
+    """How often an owner renews its lease: a third of it, so two renewals may fail before it lapses."""
+    return lease_seconds() / 3
+
+
+# -- SQL of the hot path ------------------------------------------------------------------
+# Claims and finishes run once per job; built through the ORM's compiler each would cost
+# the worker more CPU than the database spends on it, so they are written once per model
+# from its meta (columns, each field's own value preparation) and run on a plain cursor.
+# Standard SQL that PostgreSQL and SQLite (3.35+, for RETURNING) accept.
+
+
+def _q(using: str, name: str) -> str:
+    return connections[using].ops.quote_name(name)
+
+
+def _column(model: type[ClaimedWork], using: str, name: str) -> str:
+    return _q(using, model._meta.get_field(name).column)
+
+
+@functools.cache
+def _claim_sql(model: type[ClaimedWork], using: str) -> str:
+    c = functools.partial(_column, model, using)
+    returning = ", ".join(_q(using, f.column) for f in model._meta.concrete_fields)
+    return (
+        f"UPDATE {_q(using, model._meta.db_table)} SET {c('status')} = %s, {c('node_name')} = %s, "
+        f"{c('worker')} = %s, {c('pid')} = %s, {c('claim_token')} = %s, {c('lease_expires_at')} = %s, "
+        f"{c('heartbeat_at')} = %s, {c('attempts')} = {c('attempts')} + 1, "
+        f"{c('started_at')} = COALESCE({c('started_at')}, %s), {c('run_after')} = NULL, "
+        f"{c('finished_at')} = NULL "
+        f"WHERE {_q(using, model._meta.pk.column)} = %s AND {c('status')} = %s "
+        f"AND ({c('run_after')} IS NULL OR {c('run_after')} <= %s) RETURNING {returning}"
+    )
+
+
+@functools.cache
+def _fenced_sql(model: type[ClaimedWork], using: str, names: tuple[str, ...]) -> str:
+    c = functools.partial(_column, model, using)
+    sets = ", ".join(f"{c(name)} = %s" for name in names)
+    return (
+        f"UPDATE {_q(using, model._meta.db_table)} SET {sets} "
+        f"WHERE {_q(using, model._meta.pk.column)} = %s AND {c('status')} = %s AND {c('claim_token')} = %s"
+    )
+
+
+@functools.cache
+def _converters(model: type[ClaimedWork], using: str) -> list[tuple[Any, tuple[Any, ...]]]:
+    """Per concrete field: its column expression and what the ORM applies to values read back."""
+    connection = connections[using]
+    result = []
+    for field in model._meta.concrete_fields:
+        column = field.get_col(model._meta.db_table)
+        result.append(
+            (column, (*connection.ops.get_db_converters(column), *field.get_db_converters(connection)))
+        )
+    return result
+
+
+def _from_db(model: type[W], using: str, row: tuple[Any, ...]) -> W:
+    connection = connections[using]
+    values = []
+    for value, (column, converters) in zip(row, _converters(model, using), strict=True):
+        for converter in converters:
+            value = converter(value, column, connection)
+        values.append(value)
+    return model.from_db(using, [f.attname for f in model._meta.concrete_fields], values)
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+# -- claiming -----------------------------------------------------------------------------
+
+
+def claim(
+    model: type[W], pk: Any, *, owner: Owner | None = None, heartbeat: bool | None = None
+) -> Claim | None:
+    """queued -> running for this process, in one statement; the Claim, or None if not queued.
+
+    ``heartbeat``: renew the lease from a thread while the claim is held. By default
+    yes, unless the caller is inside a transaction (other connections could not see
+    the row yet); ``check()`` renews at the work's own steps in any case.
+    """
+    owner = owner or current_owner()
+    using = router.db_for_write(model)
+    connection = connections[using]
+    adapt = connection.ops.adapt_datetimefield_value
+    now = timezone.now()
+    token = new_token()
+    params = [
+        RUNNING,
+        owner.node,
+        owner.worker,
+        owner.pid,
+        token,
+        adapt(now + datetime.timedelta(seconds=lease_seconds())),
+        adapt(now),
+        adapt(now),
+        pk,
+        QUEUED,
+        adapt(now),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_sql(model, using), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    instance = _from_db(model, using, row)
+    instance.first_claim = instance.started_at == now  # type: ignore[attr-defined]
+    if heartbeat is None:
+        heartbeat = not connection.in_atomic_block
+    return Claim(instance, heartbeat=heartbeat)
+
+
+def claim_new(instance: W, *, owner: Owner | None = None) -> Claim:
+    """Save a new row as already running for this process (work run at once, e.g. in a request)."""
+    owner = owner or current_owner()
+    now = timezone.now()
+    instance.status = RUNNING
+    instance.node_name, instance.pid, instance.worker = owner.node, owner.pid, owner.worker
+    instance.claim_token = new_token()
+    instance.attempts = 1
+    instance.started_at = instance.heartbeat_at = now
+    instance.lease_expires_at = now + datetime.timedelta(seconds=lease_seconds())
+    instance.save()
+    using = instance._state.db or router.db_for_write(type(instance))
+    return Claim(instance, heartbeat=not connections[using].in_atomic_block)
+
+
+class Claim:
+    """This process's hold on one row: renew it, fence writes with it, finish or release it.
+
+    Use it as a context manager around the work: the lease is renewed from a thread
+    meanwhile, and an error that escapes the work still ends the row — with the
+    model's ``error_status`` and the error as its reason — so no row stays running.
+    """
+
+    def __init__(self, instance: ClaimedWork, *, heartbeat: bool = True) -> None:
+        self.instance = instance
+        self.model = type(instance)
+        self.pk = instance.pk
+        self.token = instance.claim_token
+        self.using = instance._state.db or router.db_for_write(self.model)
+        self.lease = datetime.timedelta(seconds=lease_seconds())
+        self.renew_every = self.lease.total_seconds() / 3
+        self.renewed_at = time.monotonic()
+        self.heartbeat = heartbeat
+        self.lost = False
+        self.done = False
+
+    def __repr__(self) -> str:
+        return f"<Claim {self.label} {self.token[:8]}>"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model._meta.label} {self.pk}"
+
+    # -- fenced writes ------------------------------------------------------------------
+
+    def mine(self):
+        """The row, as long as it is still running under this claim (a queryset)."""
+        return self.model._base_manager.using(self.using).filter(
+            pk=self.pk, status=RUNNING, claim_token=self.token
+        )
+
+    def _write(self, values: dict[str, Any]) -> int:
+        connection = connections[self.using]
+        names = tuple(values)
+        params = [
+            self.model._meta.get_field(name).get_db_prep_save(value, connection)
+            for name, value in values.items()
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _fenced_sql(self.model, self.using, names), [*params, self.pk, RUNNING, self.token]
+            )
+            return cursor.rowcount
+
+    def _lose(self) -> ClaimLost:
+        self.lost = True
+        return ClaimLost(
+            f"{self.label} is no longer claimed by this process: it was canceled, or recovery gave "
+            "it to another after its lease lapsed."
+        )
+
+    def fence(self, **fields: Any) -> None:
+        """Write ``fields`` and renew the lease if the claim still holds, else raise ClaimLost.
+
+        Inside the transaction of the work's effects it makes them conditional on
+        the claim: the row is locked until the commit, so recovery cannot take the
+        work over in between, and a lost claim rolls the effects back.
+        """
+        now = timezone.now()
+        self.renewed_at = time.monotonic()
+        if not self._write({**fields, "lease_expires_at": now + self.lease, "heartbeat_at": now}):
+            raise self._lose()
+
+    def renew(self) -> None:
+        """Extend the lease (ClaimLost if the claim is gone)."""
+        self.fence()
+
+    def renew_due(self) -> bool:
+        return not self.done and not self.lost and time.monotonic() - self.renewed_at >= self.renew_every
+
+    def check(self) -> None:
+        """At a safe point of the work: raise ClaimLost if the claim is gone; renew the lease when due."""
+        if self.lost:
+            raise self._lose()
+        if self.renew_due():
+            self.renew()
+
+    def still_mine(self) -> bool:
+        """Read the row: does this claim still hold it? (A cancel or a takeover makes it False.)"""
+        if not self.lost and not self.mine().exists():
+            self.lost = True
+        return not self.lost
+
+    def finish(self, status: str, **fields: Any) -> bool:
+        """running -> ``status`` (with ``fields``) if the claim still holds; False if it does not."""
+        values: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "lease_expires_at": None}
+        values.update(fields)
+        if "error" in values:
+            values["error"] = storable.text(values["error"])
+        finished = bool(self._write(values))
+        if finished:
+            self.done = True
+        else:
+            self.lost = True
+        return finished
+
+    def release(self, *, run_after: datetime.datetime | None = None, refund_attempt: bool = False,
+                **fields: Any) -> bool:  # fmt: skip
+        """running -> queued (claimable again after ``run_after``); False if the claim is gone.
+
+        ``refund_attempt``: this run does not count as an attempt (a pause, a stop).
+        """
+        values: dict[str, Any] = {
+            "status": QUEUED,
+            "claim_token": "",
+            "pid": None,
+            "worker": "",
+            "node_name": "",
+            "lease_expires_at": None,
+            "heartbeat_at": None,
+            "run_after": run_after,
+            **fields,
+        }
+        if refund_attempt:
+            values["attempts"] = F("attempts") - 1
+        released = bool(self.mine().update(**values))
+        self.done = True
+        if not released:
+            self.lost = True
+        return released
+
+    # -- the work's lifetime ---------------------------------------------------------------
+
+    def __enter__(self) -> Claim:
+        if self.heartbeat:
+            _renewer.add(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            if exc is None or self.done:
+                return False
+            if isinstance(exc, ClaimLost):
+                logger.warning("%s stopped: %s", self.label, exc)
+                return True
+            if isinstance(exc, Exception):
+                self._end_after_error(exc)
+                return True
+            self._stop_before_done(exc)  # SystemExit, KeyboardInterrupt: the process is stopping
+            return False
+        finally:
+            _renewer.remove(self)
+
+    def _end_after_error(self, exc: BaseException) -> None:
+        logger.error("%s: an error escaped its run", self.label, exc_info=exc)
+        reason = f"{type(exc).__name__}: {exc}"
+        try:
+            if not self.finish(self.model.error_status, error=reason):
+                logger.warning(
+                    "%s was no longer this process's when its error was to be recorded", self.label
+                )
+        except DatabaseError:
+            logger.exception("%s: could not record its error; recovery will end it", self.label)
+
+    def _stop_before_done(self, exc: BaseException) -> None:
+        """The process stops (a cold shutdown) before the work is done: apply the model's policy now."""
+        policy, _ = self.model.recovery_policy()
+        try:
+            if policy == RETRY:
+                if self.release(refund_attempt=True):
+                    logger.warning("%s queued again: this process stopped before it was done", self.label)
+                    self.model.for_dispatch(self.model._base_manager.using(self.using)).get(
+                        pk=self.pk
+                    ).dispatch()
+            else:
+                reason = (
+                    f"Stopped before it was done: the process got {type(exc).__name__} (a cold shutdown)."
+                )
+                self.finish(self.model.abandoned_status, error=reason)
+                logger.warning("%s %s: %s", self.label, self.model.abandoned_status, reason)
+        except Exception:
+            logger.exception("%s: could not release it while stopping; recovery will", self.label)
+
+
+class _Renewer:
+    """One thread per process renews the leases of its claims that are due (usually none or one)."""
+
+    TICK = 1.0
+
+    def __init__(self) -> None:
+        self._claims: set[Claim] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._connected = False
+
+    def add(self, item: Claim) -> None:
+        with self._lock:
+            self._claims.add(item)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="worker-mode-claims", daemon=True)
+                self._thread.start()
+
+    def remove(self, item: Claim) -> None:
+        with self._lock:
+            self._claims.discard(item)
+
+    def active(self) -> list[Claim]:
+        with self._lock:
+            return list(self._claims)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            with self._lock:
+                due = [item for item in self._claims if item.renew_due()]
+                idle = not self._claims
+            for item in due:
+                self._connected = True
+                try:
+                    item.renew()
+                except ClaimLost as exc:
+                    logger.warning("%s; it stops at its next step", exc)
+                except DatabaseError as exc:
+                    logger.warning("Could not renew the lease of %s (will retry): %s", item.label, exc)
+                    connections[item.using].close()
+                except Exception:
+                    logger.exception("Could not renew the lease of %s", item.label)
+            if idle and self._connected:
+                connections.close_all()  # this thread's connections only
+                self._connected = False
+            elif self._connected:
+                for connection in connections.all(initialized_only=True):
+                    connection.close_if_unusable_or_obsolete()
+
+    def reset(self) -> None:
+        """In a forked child: the parent's thread does not exist here, nor do its claims."""
+        self.__init__()  # type: ignore[misc]
+
+
+_renewer = _Renewer()
+os.register_at_fork(after_in_child=_renewer.reset)
+
+
+def active_claims() -> list[Claim]:
+    """The claims this process holds now with a heartbeat (for diagnostics)."""
+    return _renewer.active()
+
+
+# -- recovery -----------------------------------------------------------------------------
+
+
+def work_models(key: str | None = None) -> list[type[ClaimedWork]]:
+    """Installed ClaimedWork models (of service ``key``)."""
+    return [
+        model
+        for model in apps.get_models()
+        if issubclass(model, ClaimedWork) and (key is None or model.service_key == key)
+    ]
+
+
+def live_nodes() -> set[str] | None:
+    """Names of the nodes with a live presence entry; None when Redis cannot tell."""
+    from .presence import live_entries
+
+    try:
+        return {entry["node"] for entry in live_entries()}
+    except (RedisError, ValueError, KeyError) as exc:
+        logger.warning("Cannot read the cluster's presence (%s); judging claims by their leases only", exc)
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clock(value: datetime.datetime | None) -> str:
+    return timezone.localtime(value).strftime("%H:%M:%S") if value else "never"
+
+
+def why_abandoned(
+    row: dict[str, Any], now: datetime.datetime, nodes: Callable[[], set[str] | None] = live_nodes
+) -> str | None:
+    """Why the owner of running ``row`` is gone, or None while it may be alive.
+
+    ``nodes()`` gives the names of the nodes with presence (``live_nodes``); it is
+    called only when the lease and the process id leave the question open.
+    """
+    lease = row["lease_expires_at"]
+    if lease is None or lease <= now:
+        return f"its lease lapsed at {_clock(lease)} (last heartbeat {_clock(row['heartbeat_at'])})"
+    if row["node_name"] == conf.WORKER_MODE_NODE_NAME and row["pid"] and not _pid_alive(row["pid"]):
+        return f"its process (pid {row['pid']}) on this node is gone"
+    heartbeat = row["heartbeat_at"] or row["started_at"]
+    if heartbeat is not None and (now - heartbeat).total_seconds() > 2 * renew_interval():
+        live = nodes()
+        if live is not None and row["node_name"] not in live:
+            return f"its node {row['node_name']!r} left the cluster (last heartbeat {_clock(heartbeat)})"
+    return None
+
+
+def recover(model: type[ClaimedWork], now: datetime.datetime | None = None) -> dict[str, int]:
+    """Queue again or end the running work of ``model`` whose owner is gone; counts of each."""
+    now = now or timezone.now()
+    policy, max_attempts = model.recovery_policy()
+    columns = (
+        "pk", "node_name", "worker", "pid", "claim_token", "attempts", "lease_expires_at", "heartbeat_at",
+        "started_at", *model.recovery_columns,
+    )  # fmt: skip
+    counts = {"retried": 0, "failed": 0}
+    read: list[set[str] | None] = []
+
+    def nodes() -> set[str] | None:  # read once per sweep, and only if a row needs it
+        if not read:
+            read.append(live_nodes())
+        return read[0]
+
+    for row in model._base_manager.filter(status=RUNNING).values(*columns):
+        reason = why_abandoned(row, now, nodes)
+        if reason is None:
+            continue
+        if policy == RETRY and row["attempts"] < max_attempts and model.may_retry(row):
+            counts["retried"] += _retry(model, row, reason, max_attempts)
+        else:
+            if policy == RETRY and row["attempts"] >= max_attempts:
+                reason += f"; gave up after {row['attempts']} attempt(s) ({model.recovery_settings()[1]})"
+            counts["failed"] += _abandon(model, row, reason, now)
+    return counts
+
+
+def _owned(model: type[ClaimedWork], row: dict[str, Any]):
+    return model._base_manager.filter(pk=row["pk"], status=RUNNING, claim_token=row["claim_token"])
+
+
+def _retry(model: type[ClaimedWork], row: dict[str, Any], reason: str, max_attempts: int) -> int:
+    updated = _owned(model, row).update(
+        status=QUEUED,
+        claim_token="",
+        pid=None,
+        worker="",
+        node_name="",
+        lease_expires_at=None,
+        heartbeat_at=None,
+        **model.retry_fields(row),
+    )
+    if not updated:
+        return 0
+    owner = row["worker"] or row["node_name"]
+    logger.warning(
+        "%s %s queued again (attempt %d of %d done): %s (%s)",
+        model._meta.label, row["pk"], row["attempts"], max_attempts, reason, owner,
+    )  # fmt: skip
+    model.for_dispatch(model._base_manager.all()).get(pk=row["pk"]).dispatch()
+    return 1
+
+
+def _abandon(model: type[ClaimedWork], row: dict[str, Any], reason: str, now: datetime.datetime) -> int:
+    from django.db import transaction
+
+    text = storable.text(f"Abandoned: {reason} (worker {row['worker'] or '?'}, attempt {row['attempts']}).")
+    values: dict[str, Any] = {
+        "status": model.abandoned_status,
+        "error": text,
+        "finished_at": now,
+        "lease_expires_at": None,
+        "claim_token": "",
+    }
+    values.update(model.abandon_fields(row, now))
+    with transaction.atomic(using=router.db_for_write(model)):
+        if not _owned(model, row).update(**values):
+            return 0
+        model.abandoned(row["pk"], text, now)
+    logger.error("%s %s %s: %s", model._meta.label, row["pk"], values["status"], text)
+    return 1
+
+
+def requeue_lost(model: type[ClaimedWork], now: datetime.datetime | None = None, *,
+                 grace: float | None = None, batch: int = 500) -> int:  # fmt: skip
+    """Enqueue again the queued work of ``model`` older than ``grace`` whose message is gone."""
+    from .queues import requeue_lost as requeue
+
+    now = now or timezone.now()
+    grace = conf.WORKER_MODE_QUEUED_GRACE if grace is None else grace
+    waiting = model.for_dispatch(
+        model._base_manager.filter(
+            status=QUEUED, created_at__lte=now - datetime.timedelta(seconds=grace)
+        ).filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+    )
+    return requeue(model.service_key, waiting, lambda row: row.dispatch(), batch=batch, stale_after=grace)
+
+
+def dispatch_due(model: type[ClaimedWork], now: datetime.datetime | None = None, *, batch: int = 500) -> int:
+    """Enqueue queued work whose ``run_after`` has come (a finished delay); returns how many."""
+    now = now or timezone.now()
+    dispatched = 0
+    due = model.for_dispatch(model._base_manager.filter(status=QUEUED, run_after__lte=now))
+    for row in due.order_by("run_after")[:batch]:
+        # Clearing run_after claims the dispatch, so two nodes never both enqueue it.
+        if model._base_manager.filter(pk=row.pk, status=QUEUED, run_after=row.run_after).update(
+            run_after=None
+        ):
+            row.dispatch()
+            dispatched += 1
+    return dispatched
+
+
+# -- the periodic tasks of the nodes serving a key -------------------------------------------
+
+
+def sweep(key: str) -> dict[str, int]:
+    """Recover the claimed work of every model of service ``key`` (a periodic task)."""
+    totals = {"retried": 0, "failed": 0}
+    for model in work_models(key):
+        for name, count in recover(model).items():
+            totals[name] += count
+    return totals
+
+
+def sweep_lost(key: str) -> int:
+    """Enqueue again the queued work of ``key`` whose messages are gone (a periodic task)."""
+    total = 0
+    for model in work_models(key):
+        try:
+            count = requeue_lost(model)
+        except RedisError as exc:
+            logger.warning("Lost-message check of %s skipped: Redis is unavailable (%s)", key, exc)
+            return total
+        if count:
+            logger.warning(
+                "%s: %d queued row(s) had lost their message; enqueued again", model._meta.label, count
+            )
+        total += count
+    return total
+
+
+def periodic_tasks(keys: Iterable[str]):
+    """The recovery tasks worker_mode runs for ``keys`` that have claimed-work models."""
+    from .registry import PeriodicTask
+
+    tasks = []
+    for key in keys:
+        if work_models(key):
+            tasks.append(PeriodicTask("worker_mode.claims.sweep", conf.WORKER_MODE_RECOVERY_INTERVAL, (key,)))
+            tasks.append(
+                PeriodicTask("worker_mode.claims.sweep_lost", conf.WORKER_MODE_REQUEUE_INTERVAL, (key,))
+            )
+    return tasks
