@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,8 @@ from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+
+from worker_mode import storable
 
 from .models import ApiToken, hash_token
 
@@ -93,13 +94,15 @@ def api_view(
 
 
 def json_body(request: HttpRequest) -> dict[str, Any]:
-    """The request's JSON object body ({} when empty); raises ValueError with a readable message."""
+    """The request's JSON object body ({} when empty); raises ValueError with a readable message.
+
+    Refused, so that what is accepted can be stored: invalid JSON, NaN and Infinity,
+    numbers beyond what JSON can carry (``1e400``), the NUL character, lone surrogates,
+    and nesting deeper than ``worker_mode.storable.MAX_DEPTH`` levels.
+    """
     if not request.body:
         return {}
-    try:
-        data = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"The body is not valid JSON: {exc}.") from None
+    data = storable.loads(request.body)  # NotStorable is a ValueError naming the problem
     if not isinstance(data, dict):
         raise ValueError("The body must be a JSON object.")
     return data

@@ -8,7 +8,6 @@ import, view to export); a user sees only their own tasks, except staff with
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,8 @@ from django.db.models import QuerySet
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 
-from api_tokens.auth import api_view, error
+from api_tokens.auth import api_view, error, json_body
+from worker_mode import storable
 
 from . import exporter, storage, tasks
 from .conf import conf
@@ -143,11 +143,9 @@ def start_export(request: HttpRequest, label: str) -> JsonResponse:
     if not can_export(request.user, spec):
         return error(403, f"You may not export {spec.label}.")
     try:
-        body = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error(400, f"The body is not valid JSON: {exc}.")
-    if not isinstance(body, dict):
-        return error(400, "The body must be a JSON object.")
+        body = json_body(request)
+    except ValueError as exc:
+        return error(400, str(exc))
     fields = body.get("fields")
     if fields is not None and (not isinstance(fields, list) or not all(isinstance(f, str) for f in fields)):
         return error(400, "'fields' must be a list of field names.")
@@ -171,9 +169,13 @@ def start_export(request: HttpRequest, label: str) -> JsonResponse:
 def task_list(request: HttpRequest) -> JsonResponse:
     """GET /api/tasks?status=&kind=&page=: the user's tasks, newest first, 50 a page."""
     tasks_ = visible_tasks(request.user)
-    for name in ("status", "kind"):
-        if request.GET.get(name):
-            tasks_ = tasks_.filter(**{name: request.GET[name]})
+    for name, choices in (("status", AsyncTask.Status.values), ("kind", AsyncTask.Kind.values)):
+        value = request.GET.get(name)
+        if value:
+            if value not in choices:
+                shown = storable.text(value, 40)
+                return error(400, f"Unknown {name} {shown!r}; use one of: {', '.join(choices)}.")
+            tasks_ = tasks_.filter(**{name: value})
     page = Paginator(tasks_, 50).get_page(request.GET.get("page"))
     return JsonResponse(
         {

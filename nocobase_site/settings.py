@@ -102,6 +102,8 @@ MIDDLEWARE = [
     # First, so that nothing below answers on a node that does not serve requests.
     "worker_mode.middleware.WorkerModeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A NUL in a query string is a 400, not a PostgreSQL error in an admin filter.
+    "nocobase_site.middleware.RejectNulMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

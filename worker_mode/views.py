@@ -1,9 +1,10 @@
 """Health endpoints for load balancers and orchestrators.
 
 ``/healthz`` (liveness) answers 200 while the process runs. ``/readyz``
-(readiness) answers 200 when the database and Redis answer, else 503 naming
-the failing part. Both stay reachable on nodes that do not serve requests,
-because WORKER_MODE_EXEMPT_PATHS lets them through the middleware. They are
+(readiness) answers 200 when the database answers and has every migration and
+Redis answers, else 503 naming the failing part (and the pending migrations).
+Both stay reachable on nodes that do not serve requests, because
+WORKER_MODE_EXEMPT_PATHS lets them through the middleware. They are
 unauthenticated by design and tell only "ok" or which part failed.
 """
 
@@ -21,6 +22,7 @@ from .coverage import uncovered_keys
 from .node import current_mode, served_keys
 from .queues import get_connection
 from .registry import services
+from .startup import pending_migrations
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +33,16 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def _database_ok() -> bool:
+def _database_state() -> tuple[str, list[str]]:
+    """("ok" | "failing" | "unmigrated", pending migrations)."""
     try:
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT 1")
-        return True
+        pending = pending_migrations()
     except DatabaseError:
         logger.warning("readyz: the database does not answer", exc_info=True)
-        return False
+        return "failing", []
+    return ("unmigrated", pending) if pending else ("ok", [])
 
 
 def _redis_ok() -> bool:
@@ -55,19 +59,20 @@ def _redis_ok() -> bool:
 @never_cache
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
-    checks = {
-        "database": "ok" if _database_ok() else "failing",
-        "redis": "ok" if _redis_ok() else "failing",
-    }
+    database, pending = _database_state()
+    checks = {"database": database, "redis": "ok" if _redis_ok() else "failing"}
     failing = [part for part, state in checks.items() if state != "ok"]
     mode = current_mode()
-    body = {
+    body: dict = {
         "status": "failing" if failing else "ok",
         "checks": checks,
         "worker_mode": mode.raw,
         "serves_requests": mode.serves_requests,
         "services": list(served_keys(mode)),
     }
+    if pending:
+        body["pending_migrations"] = pending
+        body["hint"] = "Run `manage.py migrate`."
     if failing:
         body["failing"] = failing
     elif mode.serves_requests:

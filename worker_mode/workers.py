@@ -37,7 +37,7 @@ from .node import current_mode, served_keys
 from .periodic import PeriodicRunner
 from .queues import get_connection, get_queue
 from .registry import services
-from .startup import validate
+from .startup import validate, wait_for_migrations
 
 logger = logging.getLogger(__name__)
 
@@ -442,6 +442,9 @@ def run(
         mode.describe(),
         "; ".join(f"{g.processes} x [{', '.join(g.queues)}]" for g in groups),
     )
+    # Workers and recovery sweeps need the tables: one clear line while they are missing, not a
+    # traceback per job or per tick.
+    wait_for_migrations()
     supervisor = Supervisor(
         groups,
         burst=burst,

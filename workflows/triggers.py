@@ -16,6 +16,8 @@ from django.db.models import Model
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.utils import timezone
 
+from worker_mode import storable
+
 from . import engine, schedule
 from .collections import allowed_labels, get_model, record_to_dict
 from .exceptions import ConfigError, ExpressionError
@@ -140,7 +142,14 @@ def fire_collection_event(
     executions = []
     for workflow in workflows:
         if _matches(workflow, context):
-            execution = engine.start(workflow, event=event, context=context)
+            try:
+                execution = engine.start(workflow, event=event, context=context)
+            except storable.NotStorable as exc:
+                if workflow.sync:
+                    raise  # a sync workflow guards the write: it cannot be skipped
+                # The record's own save must not fail because a workflow cannot record it.
+                logger.error("Workflow %s not triggered for %s %s: %s", workflow.key, label, instance.pk, exc)
+                continue
             if execution is not None:
                 executions.append(execution)
     return executions

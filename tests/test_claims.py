@@ -1,0 +1,356 @@
+"""worker_mode.claims in-process: claim, renew, fence, finish, release, liveness, recovery, checks.
+
+Executions and tasks are the claimed-work models at hand; what is tested here is the
+mechanism they share (the apps' own use of it is in their tests and the process tests).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from async_tasks import tasks
+from async_tasks.models import AsyncTask
+from tests.conftest import build_workflow, check_error_codes, product_csv, wait_until
+from worker_mode import checks, claims, presence
+from worker_mode.claims import ClaimLost, Owner
+from workflows import triggers
+from workflows.models import Execution
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_conn")]
+
+CALC = [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.n }} * 2"}}]
+
+
+def queued_execution(n: int = 1) -> Execution:
+    return triggers.trigger_manually(build_workflow(CALC), {"n": n})
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def row(**values):
+    """A running claim as recovery reads it."""
+    now = timezone.now()
+    base = {
+        "pk": 1, "node_name": "node-b", "worker": "node-b.shared.0.1", "pid": 1, "claim_token": "t",
+        "attempts": 1, "lease_expires_at": now + datetime.timedelta(seconds=20), "heartbeat_at": now,
+        "started_at": now,
+    }  # fmt: skip
+    return {**base, **values}
+
+
+# -- claiming and fenced writes -------------------------------------------------------------
+
+
+def test_a_claim_takes_a_queued_row_once_and_records_its_owner(settings):
+    settings.WORKER_MODE_LEASE = 30
+    execution = queued_execution()
+    before = timezone.now()
+    claim = claims.claim(Execution, execution.pk, owner=Owner("node-a", 4242, "node-a.shared.0.4242"))
+    assert claim is not None and claim.instance.status == "running"
+    assert claims.claim(Execution, execution.pk) is None  # a duplicate message finds nothing
+    execution.refresh_from_db()
+    assert (execution.node_name, execution.pid, execution.worker) == ("node-a", 4242, "node-a.shared.0.4242")
+    assert execution.claim_token == claim.token and execution.attempts == 1
+    assert execution.started_at >= before and execution.heartbeat_at >= before
+    assert 29 <= (execution.lease_expires_at - execution.heartbeat_at).total_seconds() <= 31
+
+
+def test_work_that_is_not_due_yet_cannot_be_claimed():
+    execution = queued_execution()
+    later = timezone.now() + datetime.timedelta(minutes=5)
+    Execution.objects.filter(pk=execution.pk).update(run_after=later)
+    assert claims.claim(Execution, execution.pk) is None
+    Execution.objects.filter(pk=execution.pk).update(run_after=timezone.now())
+    assert claims.claim(Execution, execution.pk) is not None
+
+
+def test_writes_of_a_claim_that_was_taken_over_change_nothing():
+    execution = queued_execution()
+    first = claims.claim(Execution, execution.pk)
+    # Recovery gives it to another owner (its lease lapsed while the first was frozen).
+    Execution.objects.filter(pk=execution.pk).update(status="queued", claim_token="")
+    second = claims.claim(Execution, execution.pk, owner=Owner("node-b", 7, "node-b.shared.0.7"))
+    with pytest.raises(ClaimLost):
+        first.fence()
+    with pytest.raises(ClaimLost):
+        first.check()  # once lost, every safe point says so
+    assert first.finish("resolved", error="") is False
+    assert first.release() is False
+    second.fence()
+    assert second.finish("resolved", error="x\x00y") is True
+    execution.refresh_from_db()
+    assert (execution.status, execution.node_name, execution.error) == ("resolved", "node-b", "x\ufffdy")
+    assert execution.lease_expires_at is None and execution.finished_at is not None
+
+
+def test_release_queues_it_again_and_can_refund_the_attempt():
+    execution = queued_execution()
+    claim = claims.claim(Execution, execution.pk)
+    until = timezone.now() + datetime.timedelta(seconds=60)
+    assert claim.release(run_after=until, refund_attempt=True)
+    execution.refresh_from_db()
+    assert (execution.status, execution.attempts, execution.claim_token, execution.pid) == (
+        "queued",
+        0,
+        "",
+        None,
+    )
+    assert execution.run_after == until
+
+
+def test_check_renews_the_lease_when_a_third_of_it_has_passed(settings):
+    settings.WORKER_MODE_LEASE = 30
+    claim = claims.claim(Execution, queued_execution().pk, heartbeat=False)
+    first = Execution.objects.get(pk=claim.pk).lease_expires_at
+    claim.check()  # not due: no write
+    assert Execution.objects.get(pk=claim.pk).lease_expires_at == first
+    claim.renewed_at -= 11
+    claim.check()
+    assert Execution.objects.get(pk=claim.pk).lease_expires_at > first
+
+
+def test_the_heartbeat_thread_renews_while_the_work_blocks(settings):
+    settings.WORKER_MODE_LEASE = 3  # renewed every second
+    claim = claims.claim(Execution, queued_execution().pk)
+    assert claim.heartbeat  # claimed outside a transaction: the thread may renew it
+    first = Execution.objects.get(pk=claim.pk).lease_expires_at
+    with claim:
+        assert claim in claims.active_claims()
+        time.sleep(2.5)  # a long HTTP call or import batch: the work itself does nothing
+        renewed = Execution.objects.get(pk=claim.pk)
+    assert renewed.lease_expires_at > first + datetime.timedelta(seconds=1)
+    assert claim not in claims.active_claims()
+
+
+def test_the_heartbeat_thread_notices_a_lost_claim(settings):
+    settings.WORKER_MODE_LEASE = 3
+    claim = claims.claim(Execution, queued_execution().pk)
+    with claim:
+        Execution.objects.filter(pk=claim.pk).update(status="canceled")
+        wait_until(lambda: claim.lost, timeout=5)
+        with pytest.raises(ClaimLost):
+            claim.check()
+
+
+def test_an_error_that_escapes_the_work_still_ends_the_row(caplog):
+    execution = queued_execution()
+    claim = claims.claim(Execution, execution.pk)
+    with claim:
+        raise ValueError("Out of range float values are not JSON compliant")
+    execution.refresh_from_db()
+    assert execution.status == "error"
+    assert execution.error == "ValueError: Out of range float values are not JSON compliant"
+    assert "an error escaped its run" in caplog.text
+
+
+def test_a_lost_claim_escaping_the_work_writes_nothing():
+    execution = queued_execution()
+    claim = claims.claim(Execution, execution.pk)
+    Execution.objects.filter(pk=execution.pk).update(status="canceled")
+    with claim:
+        claim.fence()  # raises ClaimLost, which the block swallows after logging
+    assert Execution.objects.get(pk=execution.pk).status == "canceled"
+
+
+@pytest.mark.parametrize(("policy", "status"), [("retry", "queued"), ("fail", "aborted")])
+def test_a_process_stopping_mid_work_applies_the_policy_at_once(settings, redis_conn, policy, status):
+    settings.WORKFLOWS_RECOVERY = policy
+    execution = queued_execution()
+    redis_conn.flushdb()
+    claim = claims.claim(Execution, execution.pk)
+    with pytest.raises(SystemExit), claim:
+        raise SystemExit(0)  # rq's cold shutdown, in the job's own process
+    execution.refresh_from_db()
+    assert execution.status == status
+    if policy == "retry":
+        assert execution.attempts == 0  # a stop is not an attempt cut short
+        assert redis_conn.llen("rq:queue:workflow:process") == 1  # dispatched again
+    else:
+        assert "Stopped before it was done" in execution.error
+
+
+def test_a_claim_inside_a_transaction_has_no_heartbeat_thread():
+    from django.db import transaction
+
+    execution = queued_execution()
+    with transaction.atomic():
+        claim = claims.claim(Execution, execution.pk)
+        assert claim is not None and not claim.heartbeat
+        transaction.set_rollback(True)
+
+
+# -- liveness -----------------------------------------------------------------------------
+
+
+def test_lapsed_lease_means_the_owner_is_gone():
+    now = timezone.now()
+    lapsed = row(lease_expires_at=now - datetime.timedelta(seconds=1))
+    assert claims.why_abandoned(lapsed, now, lambda: None).startswith("its lease lapsed at ")
+    assert claims.why_abandoned(row(lease_expires_at=None), now, lambda: None).startswith("its lease lapsed")
+
+
+def test_a_process_of_this_node_is_judged_by_its_pid(settings):
+    settings.WORKER_MODE_NODE_NAME = "node-a"
+    now = timezone.now()
+    gone = dead_pid()
+    reason = claims.why_abandoned(row(node_name="node-a", pid=gone), now, lambda: {"node-a"})
+    assert reason == f"its process (pid {gone}) on this node is gone"
+    assert claims.why_abandoned(row(node_name="node-a", pid=os.getpid()), now, lambda: {"node-a"}) is None
+
+
+def test_a_node_whose_name_extends_this_ones_is_another_node(settings):
+    # "node" and "node.b" used to be confused (worker names were parsed with startswith("node.")).
+    settings.WORKER_MODE_NODE_NAME = "node"
+    now = timezone.now()
+    other = row(node_name="node.b", pid=dead_pid(), worker="node.b.shared.0.1")
+    assert claims.why_abandoned(other, now, lambda: {"node", "node.b"}) is None
+
+
+def test_a_node_that_left_the_cluster_loses_its_claims_once_they_stop_renewing(settings):
+    settings.WORKER_MODE_LEASE = 30  # renewals every 10 s: two missed after 20 s
+    now = timezone.now()
+    fresh = row(heartbeat_at=now - datetime.timedelta(seconds=5))
+    stale = row(heartbeat_at=now - datetime.timedelta(seconds=21))
+    assert claims.why_abandoned(fresh, now, lambda: set()) is None  # still renewing: alive
+    assert claims.why_abandoned(stale, now, lambda: {"node-b"}) is None  # still announced: alive
+    assert claims.why_abandoned(stale, now, lambda: None) is None  # Redis cannot tell: the lease decides
+    reason = claims.why_abandoned(stale, now, lambda: {"node-a"})
+    assert reason.startswith("its node 'node-b' left the cluster")
+
+
+def test_live_nodes_reads_the_presence_entries(settings):
+    settings.WORKER_MODE_NODE_NAME = "node-p"
+    heartbeat = presence.announce("workers", services=["workflow:process"])
+    try:
+        assert "node-p" in claims.live_nodes()
+    finally:
+        heartbeat.stop()
+    assert "node-p" not in claims.live_nodes()
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    assert claims.live_nodes() is None
+
+
+# -- recovery -----------------------------------------------------------------------------
+
+
+def claimed_by_dead_process(execution: Execution, settings, attempts: int = 1) -> None:
+    settings.WORKER_MODE_NODE_NAME = "node-a"
+    pid = dead_pid()
+    claim = claims.claim(
+        execution.__class__, execution.pk, owner=Owner("node-a", pid, f"node-a.shared.0.{pid}")
+    )
+    Execution.objects.filter(pk=claim.pk).update(attempts=attempts)
+
+
+def test_recovery_retries_by_policy_and_dispatches_again(settings, redis_conn):
+    execution = queued_execution()
+    claimed_by_dead_process(execution, settings)
+    redis_conn.flushdb()
+    assert claims.recover(Execution) == {"retried": 1, "failed": 0}
+    execution.refresh_from_db()
+    assert (execution.status, execution.node_name, execution.pid, execution.claim_token) == (
+        "queued",
+        "",
+        None,
+        "",
+    )
+    job = redis_conn.hgetall(f"rq:job:{execution.job_id}")
+    assert job and redis_conn.llen("rq:queue:workflow:process") == 1
+    assert claims.recover(Execution) == {"retried": 0, "failed": 0}
+
+
+def test_recovery_ends_work_after_max_attempts(settings):
+    settings.WORKFLOWS_MAX_ATTEMPTS = 2
+    execution = queued_execution()
+    claimed_by_dead_process(execution, settings, attempts=2)
+    assert claims.recover(Execution) == {"retried": 0, "failed": 1}
+    execution.refresh_from_db()
+    assert execution.status == "aborted" and execution.finished_at and execution.lease_expires_at is None
+    assert "gave up after 2 attempt(s) (WORKFLOWS_MAX_ATTEMPTS)" in execution.error
+
+
+def test_recovery_never_takes_work_whose_owner_finished_meanwhile(settings):
+    execution = queued_execution()
+    claimed_by_dead_process(execution, settings)
+    Execution.objects.filter(pk=execution.pk).update(claim_token="another-claim")  # a newer claim won
+    rows = list(Execution.objects.filter(pk=execution.pk).values())
+    assert rows[0]["status"] == "running"
+    # The sweep read the old token before the new claim: its conditional UPDATE finds nothing.
+    stale = {**row(pk=execution.pk, claim_token="t" * 32, node_name="node-a", pid=dead_pid())}
+    assert claims._retry(Execution, stale, "test", 3) == 0
+    assert Execution.objects.get(pk=execution.pk).claim_token == "another-claim"
+
+
+def test_a_queued_row_whose_job_is_stuck_started_counts_as_lost(redis_conn):
+    execution = queued_execution()
+    # A worker took the message and died before claiming the row: rq still says "started".
+    redis_conn.hset(
+        f"rq:job:{execution.job_id}", mapping={"status": "started", "started_at": "2020-01-01T00:00:00Z"}
+    )
+    assert claims.requeue_lost(Execution, grace=0) == 1
+    assert redis_conn.hget(f"rq:job:{execution.job_id}", "status") == b"queued"
+
+
+def test_tasks_recover_through_the_same_sweep(settings, task_storage):
+    settings.ASYNC_TASKS_RECOVERY = "retry"
+    task = tasks.create_import(
+        None, "catalog.Product", io.BytesIO(product_csv(3)), name="p.csv", dispatch=False
+    )
+    pid = dead_pid()
+    settings.WORKER_MODE_NODE_NAME = "node-a"
+    claims.claim(AsyncTask, task.pk, owner=Owner("node-a", pid, f"node-a.inline.0.{pid}"))
+    AsyncTask.objects.filter(pk=task.pk).update(done=2)
+    assert claims.sweep("async-task:process") == {"retried": 1, "failed": 0}
+    task.refresh_from_db()
+    assert (task.status, task.done) == ("queued", 0)
+    assert tasks.run(task.pk) == "succeeded"
+
+
+# -- checks -------------------------------------------------------------------------------
+
+
+def test_claim_settings_are_checked(settings, monkeypatch):
+    assert check_error_codes(checks.check_claim_settings()) == []
+    settings.WORKER_MODE_LEASE = 1
+    settings.WORKER_MODE_RECOVERY_INTERVAL = 0
+    settings.WORKER_MODE_QUEUED_GRACE = "10"
+    settings.WORKFLOWS_RECOVERY = "resume"
+    settings.ASYNC_TASKS_MAX_ATTEMPTS = 0
+    monkeypatch.setattr(Execution, "service_key", "workflow:proces")
+    codes = check_error_codes(checks.check_claim_settings())
+    assert codes == [
+        "worker_mode.E008",
+        "worker_mode.E009",
+        "worker_mode.E009",
+        "worker_mode.E010",
+        "worker_mode.E011",
+        "worker_mode.E011",
+    ]
+    messages = " ".join(m.msg for m in checks.check_claim_settings())
+    assert (
+        "WORKFLOWS_RECOVERY is 'resume'" in messages and "'workflow:proces' is not a registered" in messages
+    )
+
+
+def test_claim_checks_are_bound_and_stop_a_node(settings):
+    from worker_mode.exceptions import WorkerModeError
+    from worker_mode.startup import validate
+
+    settings.ASYNC_TASKS_RECOVERY = "sometimes"
+    with pytest.raises(Exception, match="worker_mode.E011"):
+        call_command("check")
+    with pytest.raises(WorkerModeError, match="ASYNC_TASKS_RECOVERY is 'sometimes'"):
+        validate()
