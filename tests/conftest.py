@@ -145,6 +145,48 @@ class Node:
         self._log.close()
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descending from it (read from /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def signal_tree(node: Node, sig: int) -> list[int]:
+    """Send ``sig`` to every process of ``node`` (its children have process groups of their own)."""
+    pids = process_tree(node.process.pid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return pids
+
+
+def lose_node(node: Node) -> list[int]:
+    """Lose ``node`` as a pod or a machine is lost: every process stops at once, then all are killed.
+
+    (Killing only the parent is a graceful stop: its children get a parent-death signal.)
+    """
+    pids = signal_tree(node, signal.SIGSTOP)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node.process.wait(timeout=10)
+    return pids
+
+
 @pytest.fixture
 def start_node(site_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
@@ -160,6 +202,7 @@ def start_node(site_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..
 
     yield start
     for node in nodes:
+        signal_tree(node, signal.SIGCONT)  # a frozen node must be able to stop
         node.stop()
 
 

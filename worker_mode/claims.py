@@ -166,6 +166,7 @@ def claim(
     owner = owner or current_owner()
     using = router.db_for_write(model)
     connection = connections[using]
+    _limit_idle_transactions(connection)
     adapt = connection.ops.adapt_datetimefield_value
     now = timezone.now()
     token = new_token()
@@ -192,6 +193,26 @@ def claim(
     if heartbeat is None:
         heartbeat = not connection.in_atomic_block
     return Claim(instance, heartbeat=heartbeat)
+
+
+def _limit_idle_transactions(connection: Any) -> None:
+    """PostgreSQL: a session of this process idle inside a transaction for a lease is ended by the server.
+
+    A process frozen or cut off in the middle of a transaction keeps its row locks
+    (the claimed row's, after a fence) for as long as its session lives; the server
+    ends such a session after WORKER_MODE_LEASE seconds, so recovery can take the
+    work over. Nothing of this project idles that long inside a transaction.
+    """
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    if getattr(connection, "_worker_mode_limited", None) is raw:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                       [str(int(lease_seconds() * 1000))])  # fmt: skip
+    connection._worker_mode_limited = raw
 
 
 def claim_new(instance: W, *, owner: Owner | None = None) -> Claim:
@@ -543,7 +564,26 @@ def _owned(model: type[ClaimedWork], row: dict[str, Any]):
     return model._base_manager.filter(pk=row["pk"], status=RUNNING, claim_token=row["claim_token"])
 
 
+def _lock_owned(model: type[ClaimedWork], row: dict[str, Any]) -> bool:
+    """Lock the row if it is still held by the claim recovery read; False if it is not, or if the
+    owner holds it locked (it is committing, or frozen mid-transaction until its session ends):
+    the sweep must never wait on a lost owner, the next one looks again."""
+    return (
+        _owned(model, row).select_for_update(skip_locked=True).values_list("pk", flat=True).first()
+        is not None
+    )
+
+
 def _retry(model: type[ClaimedWork], row: dict[str, Any], reason: str, max_attempts: int) -> int:
+    from django.db import transaction
+
+    with transaction.atomic(using=router.db_for_write(model)):
+        if not _lock_owned(model, row):
+            return 0
+        return _requeue(model, row, reason, max_attempts)
+
+
+def _requeue(model: type[ClaimedWork], row: dict[str, Any], reason: str, max_attempts: int) -> int:
     updated = _owned(model, row).update(
         status=QUEUED,
         claim_token="",
@@ -578,7 +618,7 @@ def _abandon(model: type[ClaimedWork], row: dict[str, Any], reason: str, now: da
     }
     values.update(model.abandon_fields(row, now))
     with transaction.atomic(using=router.db_for_write(model)):
-        if not _owned(model, row).update(**values):
+        if not _lock_owned(model, row) or not _owned(model, row).update(**values):
             return 0
         model.abandoned(row["pk"], text, now)
     logger.error("%s %s %s: %s", model._meta.label, row["pk"], values["status"], text)
