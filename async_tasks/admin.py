@@ -50,8 +50,8 @@ class AsyncTaskAdmin(admin.ModelAdmin):
     actions = ["cancel_tasks"]
     readonly_fields = [
         "kind", "model", "format", "owner", "status", "progress", "summary_text", "files", "parameters",
-        "source_name", "error", "cancel_requested", "node_name", "worker", "attempts",
-        "created_at", "started_at", "finished_at", "expires_at",
+        "source_name", "error", "cancel_requested", "node_name", "worker", "pid", "attempts",
+        "heartbeat_at", "lease_expires_at", "job_id", "created_at", "started_at", "finished_at", "expires_at",
     ]  # fmt: skip
     fields = readonly_fields
 

@@ -196,7 +196,7 @@ def test_a_killed_in_process_import_is_failed_with_its_reason(start_node, env, t
     if same_node:  # its process id answers at once
         assert f"its process (pid {command.process.pid}) on this node is gone" in task.error
     else:  # no process of "shell" renews it any more
-        assert "its lease lapsed" in task.error or "left the cluster" in task.error
+        assert "its lease lapsed" in task.error or "has no live presence" in task.error
     assert 300 <= task.done < 30000 and Product.objects.count() == task.done
 
 

@@ -228,7 +228,7 @@ def test_a_node_that_left_the_cluster_loses_its_claims_once_they_stop_renewing(s
     assert claims.why_abandoned(stale, now, lambda: {"node-b"}) is None  # still announced: alive
     assert claims.why_abandoned(stale, now, lambda: None) is None  # Redis cannot tell: the lease decides
     reason = claims.why_abandoned(stale, now, lambda: {"node-a"})
-    assert reason.startswith("its node 'node-b' left the cluster")
+    assert reason.startswith("its node 'node-b' has no live presence in the cluster and it stopped renewing")
 
 
 def test_live_nodes_reads_the_presence_entries(settings):

@@ -12,7 +12,7 @@ from django.test import Client
 from async_tasks import tasks
 from async_tasks.models import AsyncTask
 from catalog.models import Product
-from tests.conftest import build_workflow, drain
+from tests.conftest import build_workflow, drain, product_csv
 from worker_mode import storable
 from workflows import engine, sql, triggers
 from workflows.models import Execution, Job
@@ -165,3 +165,36 @@ def test_nul_in_any_query_string_is_a_400(admin_client, url, redis_conn):
     response = admin_client.get(url)
     assert response.status_code == 400
     assert "NUL character" in response.content.decode()
+
+
+@pytest.mark.parametrize("error", [RecursionError, MemoryError])
+def test_recursion_and_memory_errors_in_a_node_end_the_execution(redis_conn, monkeypatch, error):
+    from workflows import nodes
+
+    execution = triggers.trigger_manually(build_workflow(ONE), {"n": 1})
+
+    def exhausted(*args, **kwargs):
+        raise error("exhausted")
+
+    monkeypatch.setattr(nodes, "run", exhausted)
+    assert engine.run(execution.pk) == "error"
+    execution.refresh_from_db()
+    assert execution.status == "error" and execution.error == f"{error.__name__}: exhausted"
+    assert Job.objects.get(execution=execution).status == "error"
+
+
+@pytest.mark.parametrize("error", [RecursionError, MemoryError])
+def test_recursion_and_memory_errors_in_an_import_end_the_task(task_storage, monkeypatch, error):
+    from async_tasks import importer
+
+    task = tasks.create_import(
+        None, "catalog.Product", io.BytesIO(product_csv(2)), name="p.csv", dispatch=False
+    )
+
+    def exhausted(self, rows):
+        raise error("exhausted")
+
+    monkeypatch.setattr(importer.Importer, "run", exhausted)
+    assert tasks.run(task.pk) == "failed"
+    task.refresh_from_db()
+    assert task.error == f"Internal error: {error.__name__}: exhausted" and task.lease_expires_at is None

@@ -527,7 +527,10 @@ def why_abandoned(
     if heartbeat is not None and (now - heartbeat).total_seconds() > 2 * renew_interval():
         live = nodes()
         if live is not None and row["node_name"] not in live:
-            return f"its node {row['node_name']!r} left the cluster (last heartbeat {_clock(heartbeat)})"
+            return (
+                f"its node {row['node_name']!r} has no live presence in the cluster and it stopped "
+                f"renewing (last heartbeat {_clock(heartbeat)})"
+            )
     return None
 
 
