@@ -87,15 +87,39 @@ def redis_conn(redis_server: str) -> Iterator[redis.Redis]:
     client.flushdb()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, made once per session; each node test gets a copy (see ``site_env``)."""
+    folder = tmp_path_factory.mktemp("migrated")
+    path = folder / "template.sqlite3"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "WORKER_MODE"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="nocobase_site.settings",
+        VAR_DIR=str(folder / "var"),
+        DATABASE_URL=f"sqlite:///{path}",
+        PYTHONPATH=str(ROOT),
+    )
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=180,
+    )
+    return path
+
+
 @pytest.fixture
-def site_env(redis_server: str, tmp_path: Path) -> dict[str, str]:
+def site_env(redis_server: str, tmp_path: Path, migrated_sqlite: Path) -> dict[str, str]:
     """Environment of a real node process: the private Redis, a migrated SQLite file of its own."""
+    database = tmp_path / "node.sqlite3"
+    shutil.copyfile(migrated_sqlite, database)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "WORKER_MODE"))}
     env.update(
         DJANGO_SETTINGS_MODULE="nocobase_site.settings",
         REDIS_URL=redis_server,
         VAR_DIR=str(tmp_path / "var"),
-        DATABASE_URL=f"sqlite:///{tmp_path / 'node.sqlite3'}",
+        DATABASE_URL=f"sqlite:///{database}",
         PYTHONPATH=str(ROOT),
         LOG_LEVEL="INFO",
         GUNICORN_ACCESS_LOG="",
@@ -236,18 +260,6 @@ def shared_database_url() -> str:
         return f"sqlite:///{settings['NAME']}"
     user, password = settings["USER"], settings["PASSWORD"]
     return f"postgres://{user}:{password}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
-
-
-@pytest.fixture
-def migrated(site_env: dict[str, str]) -> None:
-    """Migrate the node processes' SQLite file once for the test."""
-    subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v0"],
-        cwd=ROOT,
-        env=site_env,
-        check=True,
-        timeout=120,
-    )
 
 
 # -- workflows ---------------------------------------------------------------------------------

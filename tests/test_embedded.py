@@ -77,7 +77,7 @@ def multipart(name: str, data: bytes, **fields: str) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def test_sqlite_holds_an_import_beside_saves_workflows_and_a_cancel(start_node, site_env, migrated):
+def test_sqlite_holds_an_import_beside_saves_workflows_and_a_cancel(start_node, site_env):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
@@ -137,9 +137,10 @@ print(Execution.objects.filter(status="resolved").count(), Execution.objects.cou
     assert "database is locked" not in node.log and "database is locked" not in output
 
 
-def test_an_unmigrated_database_is_named_and_the_node_waits_for_it(start_node, site_env):
+def test_an_unmigrated_database_is_named_and_the_node_waits_for_it(start_node, site_env, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    site_env = {**site_env, "DATABASE_URL": f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}"}
     node = start_node(["runnode", "--bind", f"127.0.0.1:{port}"], "", **site_env)
     wait_for_http(f"{base}/healthz", node)
     status, body = http_get(f"{base}/readyz")

@@ -5,6 +5,7 @@ nodes serve, a rolling deploy (SIGTERM), a misconfigured node beside a working c
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -99,7 +100,10 @@ def test_redis_restarted_empty_with_1000_queued_executions(start_node, env, own_
     wait_until(finished(executions, 1000), timeout=120, interval=0.5)
     assert set(executions.values_list("status", flat=True)) == {"resolved"}
     assert set(executions.values_list("attempts", flat=True)) == {1}  # none ran twice
-    assert "workflows.Execution: 1000 queued row(s) had lost their message; enqueued again" in node.log
+    requeued = re.findall(r"workflows\.Execution: (\d+) queued row\(s\) had lost their message", node.log)
+    # All found by the lost-message check, in one sweep or a few (a row a worker takes while a sweep
+    # looks at it may be enqueued twice: the second message finds it claimed and does nothing).
+    assert sum(map(int, requeued)) >= 1000
 
 
 def test_redis_down_request_nodes_keep_serving_and_accepting_triggers(start_node, env, own_redis, admin_user):

@@ -66,7 +66,7 @@ def start(start_node, mode: str, **env: str):
 
 
 @pytest.mark.processes
-def test_request_node_serves_pages_and_processes_no_job(start_node, redis_conn, migrated):
+def test_request_node_serves_pages_and_processes_no_job(start_node, redis_conn):
     get_queue(WF).enqueue("tests.jobs.mark", "never")
     node, base = start(start_node, "!")
     status, body = http_get(base + "/")
@@ -82,7 +82,7 @@ def test_request_node_serves_pages_and_processes_no_job(start_node, redis_conn, 
 
 
 @pytest.mark.processes
-def test_worker_node_answers_503_keeps_probes_and_processes_jobs(start_node, redis_conn, migrated):
+def test_worker_node_answers_503_keeps_probes_and_processes_jobs(start_node, redis_conn):
     node, base = start(start_node, "*")
     status, body = http_get(base + "/")
     assert status == 503
@@ -98,7 +98,7 @@ def test_worker_node_answers_503_keeps_probes_and_processes_jobs(start_node, red
 
 
 @pytest.mark.processes
-def test_sigterm_to_the_node_lets_the_running_job_finish(start_node, redis_conn, migrated):
+def test_sigterm_to_the_node_lets_the_running_job_finish(start_node, redis_conn):
     node, _ = start(start_node, WF)
     get_queue(WF).enqueue("tests.jobs.slow_mark", "node-slow", 2.0)
     wait_until(lambda: redis_conn.get("test:started:node-slow"), timeout=30)

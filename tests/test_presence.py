@@ -125,7 +125,7 @@ def test_workermode_cluster_lists_nodes_services_and_uncovered_keys(redis_conn):
 
 
 @pytest.mark.processes
-def test_real_nodes_announce_themselves_and_leave_on_shutdown(start_node, site_env, migrated):
+def test_real_nodes_announce_themselves_and_leave_on_shutdown(start_node, site_env):
     port = free_port()
     web = start_node(["runnode", "--bind", f"127.0.0.1:{port}"], "!", NODE_NAME="web-1")
     workers = start_node(["runworkers"], "workflow:process", NODE_NAME="flows-1")

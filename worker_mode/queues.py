@@ -173,7 +173,14 @@ def requeue_lost(
             return requeued
         last_pk = page[-1].pk
         lost = lost_jobs(key, [row.job_id for row in page], stale_after=stale_after)
+        if not lost:
+            continue
+        # The page was read before Redis was asked: a row a worker claimed (and maybe finished)
+        # meanwhile looks lost but is not waiting any more. Read those rows again.
+        still = set(
+            waiting.filter(pk__in=[row.pk for row in page if row.job_id in lost]).values_list("pk", flat=True)
+        )
         for row in page:
-            if row.job_id in lost:
+            if row.job_id in lost and row.pk in still:
                 dispatch(row)
                 requeued += 1
