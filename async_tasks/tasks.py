@@ -204,6 +204,7 @@ class _Tracker:
         if summary is not None:
             fields["summary"] = summary
         now = timezone.now()
+        self.claim.step()
         self.claim.renewed_at = time.monotonic()
         written = (
             self.claim.mine()

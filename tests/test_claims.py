@@ -135,6 +135,18 @@ def test_the_heartbeat_thread_renews_while_the_work_blocks(settings):
     assert claim not in claims.active_claims()
 
 
+def test_a_run_that_reaches_no_step_stops_being_renewed(settings, monkeypatch, caplog):
+    settings.WORKER_MODE_LEASE = 3
+    monkeypatch.setattr(claims, "STALL_LEASES", 1)  # stalled after one lease without a step
+    claim = claims.claim(Execution, queued_execution().pk)
+    with claim:
+        time.sleep(5.5)  # a hung run: no node, no batch, nothing
+        execution = Execution.objects.get(pk=claim.pk)
+        assert execution.lease_expires_at <= timezone.now()  # lapsed: recovery may take it
+        assert "has reached no step for" in caplog.text
+        assert claims.why_abandoned(Execution.objects.filter(pk=claim.pk).values()[0], timezone.now())
+
+
 def test_the_heartbeat_thread_notices_a_lost_claim(settings):
     settings.WORKER_MODE_LEASE = 3
     claim = claims.claim(Execution, queued_execution().pk)

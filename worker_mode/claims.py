@@ -84,6 +84,13 @@ def renew_interval() -> float:
     return lease_seconds() / 3
 
 
+#: The heartbeat thread stops renewing a claim whose work has reached no safe point (a node, a batch,
+#: a progress write) for this many leases (5 minutes by default): a hung run must not hold its work
+#: for ever. The lease then lapses, recovery takes the work over, and fencing keeps the hung run from
+#: writing should it wake up.
+STALL_LEASES = 10
+
+
 # -- SQL of the hot path ------------------------------------------------------------------
 # Claims and finishes run once per job; built through the ORM's compiler each would cost
 # the worker more CPU than the database spends on it, so they are written once per model
@@ -246,10 +253,11 @@ class Claim:
         self.using = instance._state.db or router.db_for_write(self.model)
         self.lease = datetime.timedelta(seconds=lease_seconds())
         self.renew_every = self.lease.total_seconds() / 3
-        self.renewed_at = time.monotonic()
+        self.renewed_at = self.stepped_at = time.monotonic()
         self.heartbeat = heartbeat
         self.lost = False
         self.done = False
+        self.stalled = False
 
     def __repr__(self) -> str:
         return f"<Claim {self.label} {self.token[:8]}>"
@@ -293,20 +301,35 @@ class Claim:
         the claim: the row is locked until the commit, so recovery cannot take the
         work over in between, and a lost claim rolls the effects back.
         """
+        self.step()
+        self._renew(fields)
+
+    def _renew(self, fields: dict[str, Any]) -> None:
         now = timezone.now()
         self.renewed_at = time.monotonic()
         if not self._write({**fields, "lease_expires_at": now + self.lease, "heartbeat_at": now}):
             raise self._lose()
 
     def renew(self) -> None:
-        """Extend the lease (ClaimLost if the claim is gone)."""
-        self.fence()
+        """Extend the lease (ClaimLost if the claim is gone); what the heartbeat thread calls."""
+        self._renew({})
+
+    def step(self) -> None:
+        """The work reached a safe point: it is making progress (see ``STALL_LEASES``)."""
+        self.stepped_at = time.monotonic()
+        self.stalled = False
 
     def renew_due(self) -> bool:
         return not self.done and not self.lost and time.monotonic() - self.renewed_at >= self.renew_every
 
+    def stalled_for(self) -> float:
+        """Seconds since the work's last safe point, if longer than ``STALL_LEASES`` leases; else 0."""
+        idle = time.monotonic() - self.stepped_at
+        return idle if idle >= STALL_LEASES * self.lease.total_seconds() else 0.0
+
     def check(self) -> None:
         """At a safe point of the work: raise ClaimLost if the claim is gone; renew the lease when due."""
+        self.step()
         if self.lost:
             raise self._lose()
         if self.renew_due():
@@ -442,6 +465,17 @@ class _Renewer:
                 due = [item for item in self._claims if item.renew_due()]
                 idle = not self._claims
             for item in due:
+                stalled = item.stalled_for()
+                if stalled:
+                    if not item.stalled:
+                        item.stalled = True
+                        logger.error(
+                            "%s has reached no step for %.0f s: its lease is no longer renewed, so "
+                            "recovery takes it over when it lapses",
+                            item.label,
+                            stalled,
+                        )
+                    continue
                 self._connected = True
                 try:
                     item.renew()
