@@ -168,6 +168,19 @@ def test_an_error_that_escapes_the_work_still_ends_the_row(caplog):
     assert "an error escaped its run" in caplog.text
 
 
+def test_a_finish_rolled_back_by_an_error_still_ends_the_row():
+    from django.db import transaction
+
+    execution = queued_execution()
+    claim = claims.claim(Execution, execution.pk)
+    with claim:
+        with transaction.atomic():
+            assert claim.finish("resolved", error="")
+            raise RuntimeError("the commit failed")  # the finish is undone with it
+    execution.refresh_from_db()
+    assert (execution.status, execution.error) == ("error", "RuntimeError: the commit failed")
+
+
 def test_a_lost_claim_escaping_the_work_writes_nothing():
     execution = queued_execution()
     claim = claims.claim(Execution, execution.pk)

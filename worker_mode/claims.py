@@ -388,7 +388,7 @@ class Claim:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         try:
-            if exc is None or self.done:
+            if exc is None or (self.done and not self._finish_rolled_back()):
                 return False
             if isinstance(exc, ClaimLost):
                 logger.warning("%s stopped: %s", self.label, exc)
@@ -400,6 +400,16 @@ class Claim:
             return False
         finally:
             _renewer.remove(self)
+
+    def _finish_rolled_back(self) -> bool:
+        """After an error: was this claim's finish (or release) undone with its transaction?"""
+        try:
+            rolled_back = self.mine().exists()
+        except DatabaseError:
+            return False
+        if rolled_back:
+            self.done = False
+        return rolled_back
 
     def _end_after_error(self, exc: BaseException) -> None:
         logger.error("%s: an error escaped its run", self.label, exc_info=exc)
