@@ -132,11 +132,13 @@ def site_env(redis_server: str, tmp_path: Path, migrated_sqlite: Path) -> dict[s
 class Node:
     """A real ``manage.py`` process in its own process group, logging to a file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), *args],
+            [*prefix, sys.executable, str(ROOT / "manage.py"), *args],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -215,12 +217,14 @@ def lose_node(node: Node) -> list[int]:
 def start_node(site_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
-    def start(args: list[str], worker_mode: str | None = None, **extra_env: str) -> Node:
+    def start(
+        args: list[str], worker_mode: str | None = None, *, prefix: tuple[str, ...] = (), **extra_env: str
+    ) -> Node:
         env = dict(site_env)
         if worker_mode is not None:
             env["WORKER_MODE"] = worker_mode
         env.update(extra_env)
-        node = Node(args, env, tmp_path / f"node{len(nodes)}.log")
+        node = Node(args, env, tmp_path / f"node{len(nodes)}.log", prefix)
         nodes.append(node)
         return node
 

@@ -117,6 +117,7 @@ def test_redis_down_when_a_task_is_created_loses_nothing(settings, redis_conn):
 def running(task: AsyncTask, *, pid: int, cancel_requested: bool = False) -> None:
     AsyncTask.objects.filter(pk=task.pk).update(
         status="running", node_name=worker_conf.WORKER_MODE_NODE_NAME, pid=pid, worker=f"w.{pid}",
+        host=claims.process_namespace(),
         attempts=1, claim_token="t" * 32, lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
         heartbeat_at=timezone.now(), cancel_requested=cancel_requested,
     )  # fmt: skip

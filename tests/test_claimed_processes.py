@@ -252,3 +252,39 @@ def test_a_frozen_import_thawed_after_its_task_was_failed_commits_no_further_bat
     assert Order.objects.count() == committed, frozen.log  # the thawed worker committed nothing more
     task.refresh_from_db()
     assert task.status == "failed" and task.done == committed
+
+
+def own_pid_namespace() -> tuple[str, ...]:
+    """A command prefix that runs a node in a pid namespace of its own, as a container would."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is not installed: no second pid namespace to run a node in")
+    prefix = (unshare, "--pid", "--mount-proc", "--kill-child")
+    if subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode != 0:
+        pytest.skip("this machine does not let the tests create a pid namespace (unshare needs root)")
+    return prefix
+
+
+def test_namesake_nodes_in_two_containers_leave_each_others_work_alone(start_node, env, hook):
+    handler, url = hook
+    handler.hold = 1
+    product = Product.objects.create(sku="P-1", name="Mug", price=1, quantity=5)
+    execution = triggers.trigger_manually(call_then_order(url, product), {"n": 1})
+    same = {**env, "NODE_NAME": "node2"}  # a compose service scaled to two keeps its NODE_NAME
+    container = start_node(["runworkers"], "workflow:process", prefix=own_pid_namespace(), **same)
+    wait_until(lambda: handler.calls, timeout=45)
+    running = Execution.objects.get(pk=execution.pk)
+    assert running.pid < 100  # a pid of the container's namespace, meaningless outside it
+    other = start_node(["runworkers"], "workflow:process", **same)
+    wait_until(lambda: "worker_mode.claims.sweep" in other.log or "Started worker" in other.log, timeout=30)
+    time.sleep(8)  # more than a lease: the container keeps renewing, the other node must not take it
+    assert Execution.objects.get(pk=execution.pk).attempts == 1, other.log
+    handler.release.set()
+    wait_until(finished(Execution.objects.filter(pk=execution.pk), 1), timeout=30)
+    execution.refresh_from_db()
+    assert (execution.status, execution.attempts) == ("resolved", 1), (container.log, other.log)
+    assert len(handler.calls) == 1 and orders_per_execution([execution]) == {execution.pk: 1}
+    assert "queued again" not in other.log + container.log

@@ -45,6 +45,7 @@ def row(**values):
     now = timezone.now()
     base = {
         "pk": 1, "node_name": "node-b", "worker": "node-b.shared.0.1", "pid": 1, "claim_token": "t",
+        "host": claims.process_namespace(),
         "attempts": 1, "lease_expires_at": now + datetime.timedelta(seconds=20), "heartbeat_at": now,
         "started_at": now,
     }  # fmt: skip
@@ -173,10 +174,9 @@ def test_a_finish_rolled_back_by_an_error_still_ends_the_row():
 
     execution = queued_execution()
     claim = claims.claim(Execution, execution.pk)
-    with claim:
-        with transaction.atomic():
-            assert claim.finish("resolved", error="")
-            raise RuntimeError("the commit failed")  # the finish is undone with it
+    with claim, transaction.atomic():
+        assert claim.finish("resolved", error="")
+        raise RuntimeError("the commit failed")  # the finish is undone with it
     execution.refresh_from_db()
     assert (execution.status, execution.error) == ("error", "RuntimeError: the commit failed")
 
@@ -234,6 +234,16 @@ def test_a_process_of_this_node_is_judged_by_its_pid(settings):
     reason = claims.why_abandoned(row(node_name="node-a", pid=gone), now, lambda: {"node-a"})
     assert reason == f"its process (pid {gone}) on this node is gone"
     assert claims.why_abandoned(row(node_name="node-a", pid=os.getpid()), now, lambda: {"node-a"}) is None
+
+
+def test_a_namesake_node_in_another_container_is_not_judged_by_pid(settings):
+    # Two containers given the same NODE_NAME (a compose service scaled to two): the same pid
+    # means different processes, so only the lease (or presence) may tell that one is gone.
+    settings.WORKER_MODE_NODE_NAME = "node-a"
+    now = timezone.now()
+    elsewhere = row(node_name="node-a", pid=dead_pid(), host="another-boot-id:4026531836")
+    assert claims.why_abandoned(elsewhere, now, lambda: {"node-a"}) is None
+    assert claims.process_namespace().count(":") == 1  # boot id and pid-namespace inode
 
 
 def test_a_node_whose_name_extends_this_ones_is_another_node(settings):

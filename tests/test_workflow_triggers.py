@@ -215,6 +215,7 @@ def orphan(workflow, settings, attempts=1, pid=None):
     pid = pid or dead_pid()
     Execution.objects.filter(pk=execution.pk).update(
         status="running", node_name="node-a", pid=pid, worker=f"node-a.shared.0.{pid}", attempts=attempts,
+        host=claims.process_namespace(),
         claim_token="t" * 32, started_at=timezone.now(), heartbeat_at=timezone.now(),
         lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
     )  # fmt: skip

@@ -60,13 +60,36 @@ class ClaimLost(Exception):
     """This process no longer holds the claim: the work was canceled, or recovery gave it to another."""
 
 
+@functools.cache
+def process_namespace() -> str:
+    """This process's pid namespace, machine-wide unique: the boot id and the namespace's inode.
+
+    Process ids are compared only between processes of one namespace: two containers (or two
+    machines) given the same NODE_NAME have different namespaces.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        return f"{boot_id}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux: the host name is the best there is
+        import socket
+
+        return socket.gethostname()
+
+
 @dataclass(frozen=True)
 class Owner:
-    """Who claims: the node (WORKER_MODE_NODE_NAME), the process id, and the worker's display name."""
+    """Who claims: the node (WORKER_MODE_NODE_NAME), the process id, the worker's display name, and
+    the pid namespace the process id belongs to."""
 
     node: str
     pid: int
     worker: str
+    host: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            object.__setattr__(self, "host", process_namespace())
 
 
 def current_owner() -> Owner:
@@ -112,7 +135,8 @@ def _claim_sql(model: type[ClaimedWork], using: str) -> str:
     returning = ", ".join(_q(using, f.column) for f in model._meta.concrete_fields)
     return (
         f"UPDATE {_q(using, model._meta.db_table)} SET {c('status')} = %s, {c('node_name')} = %s, "
-        f"{c('worker')} = %s, {c('pid')} = %s, {c('claim_token')} = %s, {c('lease_expires_at')} = %s, "
+        f"{c('worker')} = %s, {c('pid')} = %s, {c('host')} = %s, {c('claim_token')} = %s, "
+        f"{c('lease_expires_at')} = %s, "
         f"{c('heartbeat_at')} = %s, {c('attempts')} = {c('attempts')} + 1, "
         f"{c('started_at')} = COALESCE({c('started_at')}, %s), {c('run_after')} = NULL, "
         f"{c('finished_at')} = NULL "
@@ -182,6 +206,7 @@ def claim(
         owner.node,
         owner.worker,
         owner.pid,
+        owner.host,
         token,
         adapt(now + datetime.timedelta(seconds=lease_seconds())),
         adapt(now),
@@ -228,6 +253,7 @@ def claim_new(instance: W, *, owner: Owner | None = None) -> Claim:
     now = timezone.now()
     instance.status = RUNNING
     instance.node_name, instance.pid, instance.worker = owner.node, owner.pid, owner.worker
+    instance.host = owner.host
     instance.claim_token = new_token()
     instance.attempts = 1
     instance.started_at = instance.heartbeat_at = now
@@ -364,6 +390,7 @@ class Claim:
             "status": QUEUED,
             "claim_token": "",
             "pid": None,
+            "host": "",
             "worker": "",
             "node_name": "",
             "lease_expires_at": None,
@@ -565,7 +592,8 @@ def why_abandoned(
     lease = row["lease_expires_at"]
     if lease is None or lease <= now:
         return f"its lease lapsed at {_clock(lease)} (last heartbeat {_clock(row['heartbeat_at'])})"
-    if row["node_name"] == conf.WORKER_MODE_NODE_NAME and row["pid"] and not _pid_alive(row["pid"]):
+    same_node = row["node_name"] == conf.WORKER_MODE_NODE_NAME and row["host"] == process_namespace()
+    if same_node and row["pid"] and not _pid_alive(row["pid"]):
         return f"its process (pid {row['pid']}) on this node is gone"
     heartbeat = row["heartbeat_at"] or row["started_at"]
     if heartbeat is not None and (now - heartbeat).total_seconds() > 2 * renew_interval():
@@ -583,8 +611,8 @@ def recover(model: type[ClaimedWork], now: datetime.datetime | None = None) -> d
     now = now or timezone.now()
     policy, max_attempts = model.recovery_policy()
     columns = (
-        "pk", "node_name", "worker", "pid", "claim_token", "attempts", "lease_expires_at", "heartbeat_at",
-        "started_at", *model.recovery_columns,
+        "pk", "node_name", "worker", "pid", "host", "claim_token", "attempts", "lease_expires_at",
+        "heartbeat_at", "started_at", *model.recovery_columns,
     )  # fmt: skip
     counts = {"retried": 0, "failed": 0}
     read: list[set[str] | None] = []
@@ -635,6 +663,7 @@ def _requeue(model: type[ClaimedWork], row: dict[str, Any], reason: str, max_att
         status=QUEUED,
         claim_token="",
         pid=None,
+        host="",
         worker="",
         node_name="",
         lease_expires_at=None,

@@ -50,6 +50,9 @@ class ClaimedWork(models.Model):
     node_name = models.CharField("node", max_length=255, blank=True, help_text="The node that claimed it.")
     worker = models.CharField(max_length=255, blank=True, help_text="The process that claimed it.")
     pid = models.PositiveIntegerField(null=True, blank=True)
+    #: Where ``pid`` means something: the machine's boot id and the process-id namespace (a
+    #: container) of the owner. Two nodes that share a NODE_NAME never judge each other's pids.
+    host = models.CharField(max_length=100, blank=True, editable=False)
     #: Changes at every claim; every write of the owner is conditional on it (fencing).
     claim_token = models.CharField(max_length=32, blank=True, editable=False)
     attempts = models.PositiveIntegerField(default=0, help_text="How many times a process claimed it.")

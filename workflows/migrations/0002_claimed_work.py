@@ -23,6 +23,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='execution',
+            name='host',
+            field=models.CharField(blank=True, editable=False, max_length=100),
+        ),
+        migrations.AddField(
+            model_name='execution',
             name='job_id',
             field=models.CharField(default=worker_mode.models.new_job_id, editable=False, max_length=64),
         ),
