@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from async_tasks import tasks
 from async_tasks.models import AsyncTask
-from tests.conftest import build_workflow, check_error_codes, product_csv, wait_until
+from tests.conftest import build_workflow, check_error_codes, is_postgres, product_csv, wait_until
 from worker_mode import checks, claims, presence
 from worker_mode.claims import ClaimLost, Owner
 from workflows import triggers
@@ -389,3 +389,49 @@ def test_claim_checks_are_bound_and_stop_a_node(settings):
         call_command("check")
     with pytest.raises(WorkerModeError, match="ASYNC_TASKS_RECOVERY is 'sometimes'"):
         validate()
+
+
+@pytest.mark.skipif(not is_postgres(), reason="PostgreSQL session settings; SQLite has no sessions to bound")
+def test_sessions_that_claim_work_are_bounded_on_postgres(settings):
+    from django.db import connection
+
+    settings.WORKER_MODE_LEASE = 30
+    connection.close()  # a fresh session, as a worker's first claim has
+    claims.claim(Execution, queued_execution().pk)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW idle_in_transaction_session_timeout")
+        idle = cursor.fetchone()[0]
+        cursor.execute("SHOW statement_timeout")
+        statement = cursor.fetchone()[0]
+    assert (idle, statement) == ("30s", "5min")
+
+
+@pytest.mark.skipif(not is_postgres(), reason="row locks held by another session need PostgreSQL")
+def test_recovery_skips_a_row_its_owner_holds_locked(settings):
+    import threading
+
+    from django.db import connections, transaction
+
+    execution = queued_execution()
+    claimed_by_dead_process(execution, settings)
+    locked, release = threading.Event(), threading.Event()
+
+    def owner_mid_commit():  # e.g. frozen between its fence and its COMMIT
+        try:
+            with transaction.atomic():
+                Execution.objects.select_for_update().get(pk=execution.pk)
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=owner_mid_commit)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        # Skipped, not waited for: waiting would have ended with the lock, and then retried it.
+        assert claims.recover(Execution) == {"retried": 0, "failed": 0}
+    finally:
+        release.set()
+        thread.join(10)
+    assert claims.recover(Execution) == {"retried": 1, "failed": 0}

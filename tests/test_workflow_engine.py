@@ -494,3 +494,18 @@ def test_graph_problems_are_named():
     assert "does not follow a condition" in graph.check([n("a"), n("b", upstream="a", branch="true")])[0]
     assert "No first node" in graph.check([n("a", upstream="b"), n("b", upstream="a")])[-1]
     assert "cannot pause" in graph.check([n("a", type="delay")], sync=True)[0]
+    assert "cannot call HTTP" in graph.check([n("a", type="http")], sync=True)[0]
+    assert graph.check([n("a", type="http")], sync=False) == []
+
+
+def test_a_sync_workflow_saved_with_an_http_node_fails_without_calling(product):
+    # Saved before graph.check refused HTTP in sync workflows: the engine refuses it too.
+    workflow = Workflow.objects.create(
+        key="old-sync", title="t", enabled=True, sync=True, trigger_type="manual"
+    )
+    Node.objects.create(
+        workflow=workflow, key="call", type="http", config={"url": "http://127.0.0.1:9/", "body": {}}
+    )
+    with pytest.raises(WorkflowFailed, match="a synchronous workflow cannot call HTTP"):
+        triggers.trigger_manually(workflow, {})
+    assert not Execution.objects.exists()  # rolled back with the request's transaction

@@ -197,7 +197,7 @@ def claim(
     owner = owner or current_owner()
     using = router.db_for_write(model)
     connection = connections[using]
-    _limit_idle_transactions(connection)
+    _bound_session(connection)
     adapt = connection.ops.adapt_datetimefield_value
     now = timezone.now()
     token = new_token()
@@ -227,24 +227,31 @@ def claim(
     return Claim(instance, heartbeat=heartbeat)
 
 
-def _limit_idle_transactions(connection: Any) -> None:
-    """PostgreSQL: a session of this process idle inside a transaction for a lease is ended by the server.
+def _bound_session(connection: Any) -> None:
+    """PostgreSQL: the server ends what a frozen or cut-off process of this session holds.
 
-    A process frozen or cut off in the middle of a transaction keeps its row locks
-    (the claimed row's, after a fence) for as long as its session lives; the server
-    ends such a session after WORKER_MODE_LEASE seconds, so recovery can take the
-    work over. Nothing of this project idles that long inside a transaction.
+    A process frozen in the middle of a transaction keeps its row locks (the claimed
+    row's after a fence, the unique-index entries of a half-sent COPY) for as long as
+    its session lives, which for a partition is until TCP gives up (hours). So the
+    sessions of processes that claim work end a transaction left idle for a lease
+    (``idle_in_transaction_session_timeout``) and cancel a statement that runs for
+    ``STALL_LEASES`` leases (``statement_timeout``: a COPY waiting on a frozen client
+    is a running statement) — the same bound after which a run is taken for hung.
     """
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         return
     connection.ensure_connection()
     raw = connection.connection
-    if getattr(connection, "_worker_mode_limited", None) is raw:
+    if getattr(connection, "_worker_mode_bounded", None) is raw:
         return
+    lease_ms = int(lease_seconds() * 1000)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
-                       [str(int(lease_seconds() * 1000))])  # fmt: skip
-    connection._worker_mode_limited = raw
+        cursor.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
+            "set_config('statement_timeout', %s, false)",
+            [str(lease_ms), str(lease_ms * STALL_LEASES)],
+        )
+    connection._worker_mode_bounded = raw
 
 
 def claim_new(instance: W, *, owner: Owner | None = None) -> Claim:

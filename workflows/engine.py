@@ -27,8 +27,8 @@ from worker_mode import claims, enqueue, storable
 from worker_mode.claims import Claim, ClaimLost
 from worker_mode.conf import conf as worker_conf
 
+from . import graph, sql
 from . import nodes as node_types
-from . import sql
 from .apps import SERVICE_KEY
 from .exceptions import NodeFailed, WorkflowFailed
 from .graph import Graph
@@ -336,6 +336,8 @@ class Runner:
         if job is not None and node.type == "delay" and job.status == Job.Status.PENDING and job.result:
             return self._resume_delay(node, job, started_at)
         node_type = node_types.TYPES[node.type]
+        if node_type.external and self.workflow.sync:  # saved before graph.check refused it
+            raise self._failed(node, NodeFailed(graph.SYNC_HTTP.format(key=node.key)), started_at)
         if node_type.external:
             # Recorded before acting: a rollback cannot undo a call, and a re-run must show.
             self._record(node, Job.Status.PENDING, None, "", started_at)

@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+SYNC_HTTP = (
+    "Node {key!r}: a synchronous workflow cannot call HTTP (it would hold the request's database "
+    "transaction open while the peer answers); make the workflow asynchronous."
+)
+
 
 class NodeLike(Protocol):
     key: str
@@ -54,6 +59,10 @@ def check(nodes: Iterable[NodeLike], *, sync: bool = False) -> list[str]:
                 )
         if sync and node.type == "delay":
             problems.append(f"Node {node.key!r}: a synchronous workflow cannot pause (delay).")
+        if sync and node.type == "http":
+            # It would run inside the request's transaction: row locks (and SQLite's only write lock)
+            # held while a peer answers, so every other writer of the site would wait for it.
+            problems.append(SYNC_HTTP.format(key=node.key))
     if nodes and ("", "") not in slots:
         problems.append("No first node: exactly one node must have no upstream.")
     if problems:
