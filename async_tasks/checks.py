@@ -1,15 +1,25 @@
-"""System checks of the async_tasks settings (ids async_tasks.E001, E002, E004, listed in the README)."""
+"""System checks of the async_tasks settings (ids async_tasks.E001, E002, E004, E005; see the README)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
 from django.core.files.storage import InvalidStorageError, storages
 
 from .conf import conf
 from .exceptions import NotAllowed
 from .spec import _resolve
+
+#: Settings of earlier versions, and what replaced them.
+RENAMED = {
+    "ASYNC_TASKS_RECOVER_RUNNING": "use ASYNC_TASKS_RECOVERY ('fail' or 'retry')",
+    "ASYNC_TASKS_PENDING_GRACE": "use WORKER_MODE_QUEUED_GRACE",
+    "ASYNC_TASKS_RECOVERY_INTERVAL": (
+        "use WORKER_MODE_RECOVERY_INTERVAL (recovery) or ASYNC_TASKS_CLEANUP_INTERVAL (clean-up)"
+    ),
+}
 
 
 @checks.register("async_tasks")
@@ -50,6 +60,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         )
     # async_tasks.E003 (ASYNC_TASKS_RECOVER_RUNNING) is retired: recovery settings are checked by
     # worker_mode.E011 for every claimed-work model.
+    for old, new in RENAMED.items():
+        if hasattr(settings, old):
+            errors.append(
+                checks.Error(
+                    f"{old} is no longer read; {new}.",
+                    hint="Rename it: the old name is ignored, so its value would not apply.",
+                    id="async_tasks.E005",
+                )
+            )
     for name in (
         "ASYNC_TASKS_MAX_UPLOAD_SIZE",
         "ASYNC_TASKS_XLSX_MAX_UNPACKED",

@@ -64,24 +64,35 @@ WORKER_MODE_METRICS_TOKEN = os.environ.get("WORKER_MODE_METRICS_TOKEN", "")
 WORKFLOWS_COLLECTIONS = env_list("WORKFLOWS_COLLECTIONS", "catalog.Product,catalog.Order")
 # Private addresses HTTP nodes may call; `make run` allows loopback for the demo webhook.
 WORKFLOWS_HTTP_ALLOWED_NETWORKS = env_list("WORKFLOWS_HTTP_ALLOWED_NETWORKS", "")
+
+
 # Claimed work (executions, tasks): README "Claimed work and recovery". Set only when the
-# environment names them, so the defaults live in one place (the apps' defaults.py).
+# environment names them, so the defaults live in one place (the apps' defaults.py); a value
+# that is not a number is kept as text, and the system checks name it.
+def env_number(name: str, kind: type = float):
+    raw = os.environ[name].strip()
+    try:
+        return kind(raw)
+    except ValueError:
+        return raw
+
+
 if os.environ.get("WORKER_MODE_LEASE"):
-    WORKER_MODE_LEASE = float(os.environ["WORKER_MODE_LEASE"])
+    WORKER_MODE_LEASE = env_number("WORKER_MODE_LEASE")
 if os.environ.get("WORKER_MODE_RECOVERY_INTERVAL"):
-    WORKER_MODE_RECOVERY_INTERVAL = float(os.environ["WORKER_MODE_RECOVERY_INTERVAL"])
+    WORKER_MODE_RECOVERY_INTERVAL = env_number("WORKER_MODE_RECOVERY_INTERVAL")
 if os.environ.get("WORKER_MODE_REQUEUE_INTERVAL"):
-    WORKER_MODE_REQUEUE_INTERVAL = float(os.environ["WORKER_MODE_REQUEUE_INTERVAL"])
+    WORKER_MODE_REQUEUE_INTERVAL = env_number("WORKER_MODE_REQUEUE_INTERVAL")
 if os.environ.get("WORKER_MODE_QUEUED_GRACE"):
-    WORKER_MODE_QUEUED_GRACE = float(os.environ["WORKER_MODE_QUEUED_GRACE"])
+    WORKER_MODE_QUEUED_GRACE = env_number("WORKER_MODE_QUEUED_GRACE")
 if os.environ.get("WORKFLOWS_RECOVERY"):
     WORKFLOWS_RECOVERY = os.environ["WORKFLOWS_RECOVERY"]
 if os.environ.get("WORKFLOWS_MAX_ATTEMPTS"):
-    WORKFLOWS_MAX_ATTEMPTS = int(os.environ["WORKFLOWS_MAX_ATTEMPTS"])
+    WORKFLOWS_MAX_ATTEMPTS = env_number("WORKFLOWS_MAX_ATTEMPTS", int)
 if os.environ.get("ASYNC_TASKS_RECOVERY"):
     ASYNC_TASKS_RECOVERY = os.environ["ASYNC_TASKS_RECOVERY"]
 if os.environ.get("ASYNC_TASKS_MAX_ATTEMPTS"):
-    ASYNC_TASKS_MAX_ATTEMPTS = int(os.environ["ASYNC_TASKS_MAX_ATTEMPTS"])
+    ASYNC_TASKS_MAX_ATTEMPTS = env_number("ASYNC_TASKS_MAX_ATTEMPTS", int)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -362,6 +362,7 @@ def test_claim_settings_are_checked(settings, monkeypatch):
     settings.WORKER_MODE_LEASE = 1
     settings.WORKER_MODE_RECOVERY_INTERVAL = 0
     settings.WORKER_MODE_QUEUED_GRACE = "10"
+    settings.WORKER_MODE_REQUEUE_INTERVAL = float("inf")
     settings.WORKFLOWS_RECOVERY = "resume"
     settings.ASYNC_TASKS_MAX_ATTEMPTS = 0
     monkeypatch.setattr(Execution, "service_key", "workflow:proces")
@@ -370,14 +371,16 @@ def test_claim_settings_are_checked(settings, monkeypatch):
         "worker_mode.E008",
         "worker_mode.E009",
         "worker_mode.E009",
+        "worker_mode.E009",
         "worker_mode.E010",
         "worker_mode.E011",
         "worker_mode.E011",
     ]
     messages = " ".join(m.msg for m in checks.check_claim_settings())
-    assert (
-        "WORKFLOWS_RECOVERY is 'resume'" in messages and "'workflow:proces' is not a registered" in messages
-    )
+    assert "WORKFLOWS_RECOVERY is 'resume'" in messages
+    assert "'workflow:proces' is not a registered" in messages
+    settings.WORKER_MODE_LEASE = 1e12  # PostgreSQL's millisecond settings would overflow
+    assert "worker_mode.E008" in check_error_codes(checks.check_claim_settings())
 
 
 def test_claim_checks_are_bound_and_stop_a_node(settings):
@@ -435,3 +438,16 @@ def test_recovery_skips_a_row_its_owner_holds_locked(settings):
         release.set()
         thread.join(10)
     assert claims.recover(Execution) == {"retried": 1, "failed": 0}
+
+
+def test_settings_of_earlier_versions_are_refused_not_ignored(settings):
+    from async_tasks import checks as task_checks
+    from workflows import checks as workflow_checks
+
+    settings.WORKFLOWS_RECOVER_STARTED = "fail"  # a site that chose "fail" must not silently get "retry"
+    settings.ASYNC_TASKS_PENDING_GRACE = 30
+    assert check_error_codes(workflow_checks.check_settings()) == ["workflows.E005"]
+    assert "use WORKFLOWS_RECOVERY ('retry' or 'fail')" in workflow_checks.check_settings()[0].msg
+    assert check_error_codes(task_checks.check_settings()) == ["async_tasks.E005"]
+    with pytest.raises(Exception, match="workflows.E005"):
+        call_command("check")

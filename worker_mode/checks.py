@@ -173,8 +173,12 @@ def check_middleware(app_configs: Iterable[Any] | None = None, **kwargs: Any) ->
     ]
 
 
-def _is_seconds(value: Any, minimum: float) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= minimum
+#: Claim timings above a day are mistakes (and overflow PostgreSQL's millisecond settings).
+_MAX_SECONDS = 86_400
+
+
+def _is_seconds(value: Any, minimum: float, maximum: float = _MAX_SECONDS) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and minimum <= value <= maximum
 
 
 @register(Tags.compatibility)
@@ -187,7 +191,7 @@ def check_claim_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any
     if not _is_seconds(conf.WORKER_MODE_LEASE, 3):
         errors.append(
             Error(
-                f"WORKER_MODE_LEASE must be seconds >= 3, not {conf.WORKER_MODE_LEASE!r}.",
+                f"WORKER_MODE_LEASE must be 3 to {_MAX_SECONDS} seconds, not {conf.WORKER_MODE_LEASE!r}.",
                 hint="Owners renew every third of it; 30 (the default) suits most sites.",
                 id="worker_mode.E008",
             )
@@ -197,7 +201,7 @@ def check_claim_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any
         if not _is_seconds(value, 0) or value == 0:
             errors.append(
                 Error(
-                    f"{name} must be seconds > 0, not {value!r}.",
+                    f"{name} must be seconds > 0 and <= {_MAX_SECONDS}, not {value!r}.",
                     hint="For example 5.",
                     id="worker_mode.E009",
                 )

@@ -1,4 +1,4 @@
-"""System checks of the workflows app's settings (ids workflows.E001, E003, E004, listed in the README)."""
+"""System checks of the workflows app's settings (ids workflows.E001, E003-E005, listed in the README)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import ipaddress
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 
 from .conf import conf
+
+#: Settings of earlier versions, and what replaced them.
+RENAMED = {
+    "WORKFLOWS_RECOVER_STARTED": "use WORKFLOWS_RECOVERY ('retry' or 'fail')",
+    "WORKFLOWS_LEASE": "use WORKER_MODE_LEASE",
+    "WORKFLOWS_RECOVERY_INTERVAL": "use WORKER_MODE_RECOVERY_INTERVAL",
+    "WORKFLOWS_QUEUED_GRACE": "use WORKER_MODE_QUEUED_GRACE",
+}
 
 
 @checks.register("workflows")
@@ -36,6 +45,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     f"WORKFLOWS_HTTP_ALLOWED_NETWORKS has {item!r}, not an IP address or network.",
                     hint="Use addresses or CIDR networks such as '127.0.0.1' or '10.0.0.0/8'.",
                     id="workflows.E003",
+                )
+            )
+    for old, new in RENAMED.items():
+        if hasattr(settings, old):
+            errors.append(
+                checks.Error(
+                    f"{old} is no longer read; {new}.",
+                    hint="Rename it: the old name is ignored, so its value would not apply.",
+                    id="workflows.E005",
                 )
             )
     for name in ("WORKFLOWS_TICK_INTERVAL", "WORKFLOWS_HTTP_MAX_TIMEOUT"):
