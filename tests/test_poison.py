@@ -198,3 +198,45 @@ def test_recursion_and_memory_errors_in_an_import_end_the_task(task_storage, mon
     assert tasks.run(task.pk) == "failed"
     task.refresh_from_db()
     assert task.error == f"Internal error: {error.__name__}: exhausted" and task.lease_expires_at is None
+
+
+ADMIN_POISON = [
+    ('{"x": "\\ud800"}', "contains a lone surrogate"),
+    ('{"x": ' + "9" * 5000 + "}", "a number that cannot be read"),
+    ('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested deeper than 64 levels"),
+    ('{"x": NaN}', "NaN is not a number"),
+    ('{"x": "a\\u0000b"}', "contains the NUL character"),
+    ("{nope", "The value is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("field", ["trigger_config", "nodes-0-config"])
+@pytest.mark.parametrize(("value", "message"), ADMIN_POISON)
+def test_admin_json_fields_refuse_poison_with_a_form_error(admin_client, redis_conn, field, value, message):
+    data = {
+        "title": "t", "key": "poison", "enabled": "on", "trigger_type": "manual", "trigger_config": "{}",
+        "stack_limit": "1", "nodes-TOTAL_FORMS": "1", "nodes-INITIAL_FORMS": "0",
+        "nodes-0-key": "a", "nodes-0-type": "calculation", "nodes-0-config": '{"expression": "1"}',
+        field: value,
+    }  # fmt: skip
+    response = admin_client.post("/admin/workflows/workflow/add/", data)
+    assert response.status_code == 200
+    assert message in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('{"interval": 1e15}', "from 1 to 316,224,000 (ten years)"),
+        ('{"interval": 1e300}', "from 1 to 316,224,000 (ten years)"),
+        ('{"cron": "* * * * *", "start": "0001-01-01T00:00:00Z"}', "out of range"),
+    ],
+)
+def test_schedules_out_of_range_are_form_errors(admin_client, redis_conn, config, message):
+    data = {
+        "title": "t", "key": "when", "enabled": "on", "trigger_type": "schedule", "trigger_config": config,
+        "stack_limit": "1", "nodes-TOTAL_FORMS": "1", "nodes-INITIAL_FORMS": "0",
+        "nodes-0-key": "a", "nodes-0-type": "calculation", "nodes-0-config": '{"expression": "1"}',
+    }  # fmt: skip
+    response = admin_client.post("/admin/workflows/workflow/add/", data)
+    assert response.status_code == 200 and message in response.content.decode()

@@ -15,7 +15,9 @@ import re
 import sys
 from typing import Any
 
+from django import forms
 from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput, JSONString
 
 #: Deepest nesting of arrays and objects accepted in a JSON body or a stored value.
 MAX_DEPTH = 64
@@ -77,7 +79,7 @@ def _refuse_constant(name: str) -> Any:
     raise NotStorable(f"{name} is not a number JSON or the database can store.")
 
 
-def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, what: str = "The body") -> Any:
     """Parse JSON and ``check`` it; NotStorable with a readable message for anything refused."""
     try:
         value = json.loads(data, parse_constant=_refuse_constant)
@@ -86,7 +88,7 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     except RecursionError:
         raise NotStorable(f"The JSON is nested deeper than {max_depth} levels.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NotStorable(f"The body is not valid JSON: {exc}.") from None
+        raise NotStorable(f"{what} is not valid JSON: {exc}.") from None
     except ValueError as exc:  # e.g. an integer over the digit limit
         raise NotStorable(f"The JSON has a number that cannot be read: {exc}.") from None
     check(value, max_depth=max_depth)
@@ -107,3 +109,28 @@ def validate_storable_json(value: Any) -> None:
         check(value)
     except NotStorable as exc:
         raise ValidationError(str(exc), code="not_storable") from None
+
+
+class StorableJSONFormField(forms.JSONField):
+    """A form's JSON field that refuses what the database cannot store with a message, never a 500.
+
+    Django's own field lets NaN and Infinity through, and raises (a 500) on an integer over the
+    digit limit, on deep nesting, and when a lone surrogate is shown again in the form.
+    """
+
+    def to_python(self, value: Any) -> Any:
+        if self.disabled or value in self.empty_values or not isinstance(value, str):
+            return super().to_python(value)
+        try:
+            converted = loads(value, what="The value")
+        except NotStorable as exc:
+            raise ValidationError(str(exc), code="invalid") from None
+        return JSONString(converted) if isinstance(converted, str) else converted
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        if self.disabled or data is None:
+            return super().bound_data(data, initial)
+        try:
+            return loads(data, what="The value")
+        except NotStorable:
+            return InvalidJSONInput(text(data))

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.db.models import Count
 from django.forms.models import BaseInlineFormSet
+
+from worker_mode.storable import StorableJSONFormField
 
 from . import engine, graph, triggers
 from .exceptions import WorkflowFailed
@@ -23,9 +26,14 @@ class NodeFormSet(BaseInlineFormSet):
             raise ValidationError(problems)
 
 
+#: JSON the database cannot store is a form error, not a 500.
+JSON_FIELDS = {models.JSONField: {"form_class": StorableJSONFormField}}
+
+
 class NodeInline(admin.StackedInline):
     model = Node
     formset = NodeFormSet
+    formfield_overrides = JSON_FIELDS
     extra = 0
     fields = [("key", "title", "type"), ("upstream", "branch"), "config"]
 
@@ -57,6 +65,7 @@ class WorkflowAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "sync", "trigger_type"]
     search_fields = ["title", "key", "description"]
     inlines = [NodeInline]
+    formfield_overrides = JSON_FIELDS
     actions = ["trigger_now", "copy_to_new_version"]
     readonly_fields = ["version", "next_run_at", "created_at", "updated_at"]
     fieldsets = [

@@ -18,6 +18,8 @@ from django.utils.dateparse import parse_datetime
 from .exceptions import ConfigError
 
 KEYS = {"cron", "interval", "start", "end", "timezone"}
+#: Ten years: a longer interval is a mistake (and past datetime's range soon).
+MAX_INTERVAL = 10 * 366 * 86_400
 
 
 def _datetime(config: dict[str, Any], key: str) -> datetime.datetime | None:
@@ -54,11 +56,21 @@ def check(config: dict[str, Any]) -> None:
         _zone(config)
     else:
         interval = config["interval"]
-        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval < 1:
-            raise ConfigError("'interval' must be a number of seconds, at least 1.")
+        if (
+            not isinstance(interval, (int, float))
+            or isinstance(interval, bool)
+            or not 1 <= interval <= MAX_INTERVAL
+        ):
+            raise ConfigError(
+                f"'interval' must be a number of seconds from 1 to {MAX_INTERVAL:,} (ten years)."
+            )
     start, end = _datetime(config, "start"), _datetime(config, "end")
     if start and end and end <= start:
         raise ConfigError("'end' must be after 'start'.")
+    try:
+        next_time(config, timezone.now())
+    except (OverflowError, ValueError) as exc:  # e.g. a start in year 1
+        raise ConfigError(f"The schedule's times are out of range: {exc}.") from None
 
 
 def next_time(config: dict[str, Any], after: datetime.datetime) -> datetime.datetime | None:
