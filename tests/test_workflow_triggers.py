@@ -103,7 +103,7 @@ def test_trigger_configs_are_validated():
         ("collection", on(["created"], condition="1 +"), "Invalid expression"),
         ("schedule", {"cron": "61 * * * *"}, "Invalid cron"),
         ("schedule", {"cron": "* * * * *", "interval": 5}, "exactly one"),
-        ("schedule", {"interval": 0}, "at least 1"),
+        ("schedule", {"interval": 0}, "from 1 to 316,224,000"),
         (
             "schedule",
             {"interval": 60, "start": "2026-02-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
