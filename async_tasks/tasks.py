@@ -172,6 +172,11 @@ def run(task_id: int, *, on_progress: ProgressCallback | None = None) -> str:
         except (AsyncTaskError, NotAllowed) as exc:
             _finish(task, claimed, Status.FAILED, error=str(exc))
         except Exception as exc:
+            if not _still_claimed(claimed):  # frozen, taken over, then its session ended: not a failure
+                logger.warning("Task %s was taken from this process (%s: %s); stopping", task.pk,
+                               type(exc).__name__, exc)  # fmt: skip
+                storage.delete(task.result_file, task.error_file)
+                return _status_of(task.pk)
             logger.exception("Task %s failed", task.pk)
             _finish(task, claimed, Status.FAILED, error=f"Internal error: {type(exc).__name__}: {exc}")
         else:
@@ -181,6 +186,19 @@ def run(task_id: int, *, on_progress: ProgressCallback | None = None) -> str:
         logger.info("Task %s %s: %s", task.pk, task.status, task.summary or task.error)
         return task.status
     return _status_of(task_id)
+
+
+def _still_claimed(claimed: Claim) -> bool:
+    from django.db import DatabaseError, connections
+
+    try:
+        return claimed.still_mine()
+    except DatabaseError:  # e.g. the server ended this process's session while it was frozen
+        connections[claimed.using].close()
+        try:
+            return claimed.still_mine()
+        except DatabaseError:
+            return True  # cannot tell: record the failure if it still can
 
 
 def _status_of(task_id: int) -> str:

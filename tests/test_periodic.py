@@ -102,3 +102,21 @@ def test_periodic_service_without_claimed_work_gets_no_sweep(periodic_service):
 def test_current_worker_name_outside_runworkers_is_inline(settings):
     settings.WORKER_MODE_NODE_NAME = "node-a"
     assert current_worker_name() == f"node-a.inline.0.{os.getpid()}"
+
+
+def test_redis_down_runs_a_lock_optional_task_without_its_lock(periodic_service, settings, caplog):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    task = PeriodicTask(f"{__name__}.record", every=1, args=("unlocked",), lock_optional=True)
+    with caplog.at_level(logging.WARNING, logger="worker_mode.periodic"):
+        assert run_locked("test:periodic", task) is True
+        assert run_locked("test:periodic", task) is True
+    assert CALLS == ["ran unlocked", "ran unlocked"]
+    assert caplog.text.count("runs without its lock until it answers") == 1
+
+
+def test_the_claims_sweep_may_run_without_its_lock(redis_conn):
+    runner = PeriodicRunner(["workflow:process"])
+    optional = {task.name: task.lock_optional for _, task in runner.tasks}
+    assert optional["worker_mode.claims.sweep(workflow:process)"] is True
+    assert optional["worker_mode.claims.sweep_lost(workflow:process)"] is False  # needs Redis anyway
+    assert optional["workflows.recovery.tick"] is False

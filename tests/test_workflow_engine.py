@@ -433,6 +433,7 @@ def test_retry_replays_resolved_nodes_and_reruns_the_failed_one(product):
     drain()
     execution.refresh_from_db()
     assert execution.status == Execution.Status.RESOLVED
+    assert execution.attempts == 1  # a manual retry starts recovery's count over
     runs = {j.node_key: j.runs for j in Job.objects.filter(execution=execution)}
     assert runs == {"first": 1, "make": 2}
     assert Product.objects.get(sku="P-1").price == Decimal("8")

@@ -16,6 +16,15 @@ from workflows.models import Execution, Job
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+POISON = {
+    "/nan": b'{"a": NaN}',
+    "/deep": b'{"a": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    "/huge": b'{"a": ' + b"7" * 5000 + b"}",
+    "/nul": b'{"a": "x\\u0000y"}',
+    "/text": b"plain words, not JSON",
+}
+
+
 class Handler(BaseHTTPRequestHandler):
     received: list[dict] = []
 
@@ -23,7 +32,9 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Handler.received.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
         status = 500 if self.path == "/fail" else 200
-        payload = b"x" * 4096 if self.path == "/big" else json.dumps({"ok": True, "echo": body}).encode()
+        payload = POISON.get(self.path) or (
+            b"x" * 4096 if self.path == "/big" else json.dumps({"ok": True, "echo": body}).encode()
+        )
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -107,3 +118,26 @@ def test_response_body_is_bounded(server, settings):
     execution, job = run(http_workflow(f"{server}/big"), {"n": 1, "token": "t"})
     assert execution.status == Execution.Status.FAILED
     assert "larger than 1024 bytes" in job.error
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "reason"),
+    [
+        ("/nan", "failed", "NaN is not a number"),
+        ("/deep", "failed", "nested deeper than 64 levels"),
+        ("/huge", "failed", "a number that cannot be read"),
+        ("/nul", "failed", "the NUL character"),
+        ("/text", "resolved", ""),
+    ],
+)
+def test_responses_the_database_cannot_store_fail_the_node_with_the_reason(
+    server, settings, path, status, reason
+):
+    settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["127.0.0.1"]
+    execution = triggers.trigger_manually(http_workflow(server + path), {"n": 1, "token": "t"})
+    drain()
+    execution.refresh_from_db()
+    assert execution.status == status, execution.error
+    assert reason in execution.error
+    if status == "resolved":
+        assert Job.objects.get(execution=execution).result["data"] == "plain words, not JSON"

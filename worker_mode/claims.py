@@ -774,7 +774,11 @@ def periodic_tasks(keys: Iterable[str]):
     tasks = []
     for key in keys:
         if work_models(key):
-            tasks.append(PeriodicTask("worker_mode.claims.sweep", conf.WORKER_MODE_RECOVERY_INTERVAL, (key,)))
+            tasks.append(
+                PeriodicTask(
+                    "worker_mode.claims.sweep", conf.WORKER_MODE_RECOVERY_INTERVAL, (key,), lock_optional=True
+                )
+            )
             tasks.append(
                 PeriodicTask("worker_mode.claims.sweep_lost", conf.WORKER_MODE_REQUEUE_INTERVAL, (key,))
             )

@@ -56,6 +56,9 @@ class PeriodicRunner:
         return ran
 
 
+_unlocked: set[str] = set()
+
+
 def run_locked(key: str, task: PeriodicTask) -> bool:
     """Run ``task`` unless another node holds its lock; errors are logged, never raised."""
     try:
@@ -65,14 +68,19 @@ def run_locked(key: str, task: PeriodicTask) -> bool:
         if not lock.acquire(blocking=False):
             return False
     except RedisError as exc:
+        if task.lock_optional:
+            if task.name not in _unlocked:
+                logger.warning(
+                    "Redis for %s is unavailable (%s): %s runs without its lock until it answers",
+                    key, exc, task.name,
+                )  # fmt: skip
+                _unlocked.add(task.name)
+            return _run(task)
         logger.warning("Periodic task %s skipped: Redis for %s is unavailable (%s)", task.name, key, exc)
         return False
+    _unlocked.discard(task.name)
     try:
-        import_string(task.func)(*task.args)
-        return True
-    except Exception:
-        logger.exception("Periodic task %s failed", task.name)
-        return False
+        return _run(task)
     finally:
         try:
             lock.release()
@@ -80,5 +88,15 @@ def run_locked(key: str, task: PeriodicTask) -> bool:
             logger.warning("Could not release the lock of periodic task %s", task.name)
         except Exception:  # LockNotOwnedError: it expired while the task ran
             logger.warning("Periodic task %s outlived its lock", task.name)
+
+
+def _run(task: PeriodicTask) -> bool:
+    try:
+        import_string(task.func)(*task.args)
+        return True
+    except Exception:
+        logger.exception("Periodic task %s failed", task.name)
+        return False
+    finally:
         # The supervisor forks workers: it must not keep a connection a child could inherit mid-use.
         connections.close_all()

@@ -33,6 +33,9 @@ class PeriodicTask:
     func: str
     every: float
     args: tuple[str, ...] = ()
+    #: Safe to run on several nodes at once (conditional updates only): when Redis, which holds
+    #: the lock, does not answer, it runs without the lock instead of not at all.
+    lock_optional: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.func, str) or "." not in self.func:

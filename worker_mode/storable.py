@@ -34,6 +34,10 @@ class NotStorable(ValueError):
     """The value cannot be stored as JSON in the database; the message names what and where."""
 
 
+class InvalidJSON(NotStorable):
+    """The text is not JSON at all."""
+
+
 def _text_problem(text: str) -> str | None:
     found = _BAD_TEXT.search(text)
     if found is None:
@@ -88,7 +92,7 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, what: str = "The bod
     except RecursionError:
         raise NotStorable(f"The JSON is nested deeper than {max_depth} levels.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NotStorable(f"{what} is not valid JSON: {exc}.") from None
+        raise InvalidJSON(f"{what} is not valid JSON: {exc}.") from None
     except ValueError as exc:  # e.g. an integer over the digit limit
         raise NotStorable(f"The JSON has a number that cannot be read: {exc}.") from None
     check(value, max_depth=max_depth)

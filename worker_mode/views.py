@@ -81,4 +81,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
             body["uncovered"] = uncovered_keys()
         except RedisError:
             logger.warning("readyz: could not read the cluster's presence", exc_info=True)
-    return JsonResponse(body, status=503 if failing else 200)
+    response = JsonResponse(body, status=503 if failing else 200)
+    if failing:
+        # The failing part is logged above (once per probe, at WARNING); Django would add an ERROR
+        # "Service Unavailable" line for every probe of a node that is simply not ready yet.
+        response._has_been_logged = True
+    return response

@@ -492,6 +492,7 @@ def retry(execution: Execution) -> bool:
             node_name="",
             pid=None,
             lease_expires_at=None,
+            attempts=0,  # someone chose to try again: recovery's attempts start over (job runs keep count)
         )
         if retried:
             # Resolved jobs are replayed from their stored results; the others run again (runs + 1).

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from worker_mode import storable
+
 from .conf import conf
 from .exceptions import ConfigError, NodeFailed
 
@@ -133,7 +135,9 @@ def request(
         raise NodeFailed(f"{method} {url}: the response is larger than {limit} bytes.")
     text = raw.decode(errors="replace")
     try:
-        data = json.loads(text) if text else None
-    except json.JSONDecodeError:
-        data = text
+        data = storable.loads(text, what="The response") if text else None
+    except storable.InvalidJSON:
+        data = text  # not JSON: kept as text
+    except storable.NotStorable as exc:  # NaN, deep nesting, a 5,000-digit number: one clear failure
+        raise NodeFailed(f"{method} {url}: the response cannot be stored: {exc}") from None
     return Response(status=response.status, headers=dict(response.getheaders()), data=data)
