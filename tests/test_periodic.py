@@ -71,7 +71,7 @@ def test_a_failing_task_is_logged_not_raised(periodic_service, caplog):
 def test_redis_down_skips_the_task(periodic_service, settings, caplog):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     with caplog.at_level(logging.WARNING, logger="worker_mode.periodic"):
-        assert run_locked("test:periodic", PeriodicTask(f"{__name__}.record", every=1)) is False
+        assert run_locked("test:periodic", PeriodicTask(f"{__name__}.record", every=1)) is None
     assert CALLS == []
     assert "unavailable" in caplog.text
 
@@ -120,3 +120,26 @@ def test_the_claims_sweep_may_run_without_its_lock(redis_conn):
     assert optional["worker_mode.claims.sweep(workflow:process)"] is True
     assert optional["worker_mode.claims.sweep_lost(workflow:process)"] is False  # needs Redis anyway
     assert optional["workflows.recovery.tick"] is False
+
+
+def test_a_task_skipped_for_redis_is_tried_again_soon(periodic_service, settings, redis_server):
+    now = [100.0]
+    runner = PeriodicRunner(["test:periodic"], clock=lambda: now[0])  # its task runs every 10 s
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    assert runner.run_due(force=True) == []
+    settings.REDIS_URL = redis_server  # Redis is back
+    now[0] += 2.5  # long before the next 10-s interval
+    assert runner.run_due() == [f"{__name__}.record"]
+    assert CALLS == ["ran"]
+
+
+@pytest.mark.django_db
+def test_the_lost_message_check_repeats_soon_after_a_forced_run(redis_conn, settings):
+    settings.WORKER_MODE_QUEUED_GRACE = 10
+    now = [100.0]
+    runner = PeriodicRunner(["workflow:process"], clock=lambda: now[0])
+    runner.run_due(force=True)  # at start: work queued moments ago is too young to judge
+    assert runner.next_run["worker_mode.claims.sweep_lost(workflow:process)"] == 111.0  # not 130
+    now[0] = 112.0
+    assert "worker_mode.claims.sweep_lost(workflow:process)" in runner.run_due()
+    assert runner.next_run["worker_mode.claims.sweep_lost(workflow:process)"] == 142.0  # then every 30 s

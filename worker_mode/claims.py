@@ -780,6 +780,12 @@ def periodic_tasks(keys: Iterable[str]):
                 )
             )
             tasks.append(
-                PeriodicTask("worker_mode.claims.sweep_lost", conf.WORKER_MODE_REQUEUE_INTERVAL, (key,))
+                PeriodicTask(
+                    "worker_mode.claims.sweep_lost",
+                    conf.WORKER_MODE_REQUEUE_INTERVAL,
+                    (key,),
+                    # Queued work too young to judge at start is judged as soon as it is old enough.
+                    first_repeat=conf.WORKER_MODE_QUEUED_GRACE + 1,
+                )
             )
     return tasks

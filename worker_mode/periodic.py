@@ -50,17 +50,25 @@ class PeriodicRunner:
             now = self.clock()
             if not force and now < self.next_run[task.name]:
                 continue
-            self.next_run[task.name] = now + task.every
-            if run_locked(key, task):
+            repeat = task.first_repeat if force and task.first_repeat else task.every
+            self.next_run[task.name] = now + min(repeat, task.every)
+            outcome = run_locked(key, task)
+            if outcome is None:  # Redis did not answer: try again soon, not a whole interval later
+                self.next_run[task.name] = now + min(task.every, REDIS_RETRY)
+            elif outcome:
                 ran.append(task.name)
         return ran
 
 
 _unlocked: set[str] = set()
+#: A task skipped because Redis did not answer is tried again after this many seconds, so the
+#: work it does (e.g. enqueueing again what Redis lost) starts soon after Redis is back.
+REDIS_RETRY = 2.0
 
 
-def run_locked(key: str, task: PeriodicTask) -> bool:
-    """Run ``task`` unless another node holds its lock; errors are logged, never raised."""
+def run_locked(key: str, task: PeriodicTask) -> bool | None:
+    """Run ``task`` unless another node holds its lock: True if it ran, False if not, None if it
+    was skipped because Redis did not answer. Errors are logged, never raised."""
     try:
         lock = get_connection(key).lock(
             f"worker_mode:periodic:{task.name}", timeout=max(_LOCK_TIMEOUT, task.every * 2)
@@ -77,7 +85,7 @@ def run_locked(key: str, task: PeriodicTask) -> bool:
                 _unlocked.add(task.name)
             return _run(task)
         logger.warning("Periodic task %s skipped: Redis for %s is unavailable (%s)", task.name, key, exc)
-        return False
+        return None
     _unlocked.discard(task.name)
     try:
         return _run(task)

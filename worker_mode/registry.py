@@ -36,6 +36,9 @@ class PeriodicTask:
     #: Safe to run on several nodes at once (conditional updates only): when Redis, which holds
     #: the lock, does not answer, it runs without the lock instead of not at all.
     lock_optional: bool = False
+    #: After a forced run (at start, when a worker was replaced), run again this soon rather than
+    #: a whole interval later (e.g. once queued work found too young to judge is old enough).
+    first_repeat: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.func, str) or "." not in self.func:
