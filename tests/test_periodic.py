@@ -133,7 +133,7 @@ def test_a_task_skipped_for_redis_is_tried_again_soon(periodic_service, settings
     assert CALLS == ["ran"]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_the_lost_message_check_repeats_soon_after_a_forced_run(redis_conn, settings):
     settings.WORKER_MODE_QUEUED_GRACE = 10
     now = [100.0]
