@@ -35,7 +35,7 @@ def env(site_env, task_storage):
         "CONN_MAX_AGE": "0",
         "ASYNC_TASKS_DIR": str(task_storage),
         "WORKFLOWS_HTTP_ALLOWED_NETWORKS": "127.0.0.1",
-        "WORKFLOWS_RECOVERY_INTERVAL": "2",
+        "WORKER_MODE_RECOVERY_INTERVAL": "2",
     }
 
 
