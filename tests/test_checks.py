@@ -41,6 +41,12 @@ def test_e001_unparsable():
     assert "must stand alone" in error.hint
 
 
+@override_settings(WORKER_MODE=" , ")
+def test_e001_separators_only():
+    [error] = checks.check_worker_mode()
+    assert error.id == "worker_mode.E001" and "has separators but no items" in error.hint
+
+
 @override_settings(WORKER_MODE="!,workflow:proces,reports:x")
 def test_e002_unknown_keys_each_named_with_registered_keys():
     errors = checks.check_worker_mode()

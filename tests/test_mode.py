@@ -46,10 +46,17 @@ def test_whitespace_around_items_is_ignored():
     )
 
 
-@pytest.mark.parametrize("raw", [",", " , ,", "  "])
-def test_only_empty_items_means_everything(raw):
+@pytest.mark.parametrize("raw", ["", "  ", None])
+def test_empty_or_blank_means_everything(raw):
     mode = parse(raw)
     assert mode.serves_requests and mode.serves_all_services and not mode.transient
+
+
+@pytest.mark.parametrize("raw", [",", " , ,", ",,,", " ,"])
+def test_separators_only_are_an_error_not_everything(raw):
+    # A templating slip (WORKER_MODE="${ROLE},") must not make a worker an all-in-one node.
+    with pytest.raises(WorkerModeSyntaxError, match="has separators but no items"):
+        parse(raw)
 
 
 def test_empty_and_repeated_items_are_ignored():

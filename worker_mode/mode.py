@@ -16,7 +16,8 @@ unset or empty                             yes            all
 =========================================  =============  ====================
 
 Items are separated by commas; whitespace around an item is ignored; empty
-and repeated items are ignored; ``-`` must stand alone. Keys are
+and repeated items are ignored, but a value of separators only (``" , "``) is
+an error, not "everything"; ``-`` must stand alone. Keys are
 case-sensitive. Whether a key is *registered* is not known here: that is the
 registry's and the system checks' business.
 """
@@ -99,6 +100,13 @@ def _parse(raw: str) -> WorkerMode:
             items.append(item)
 
     if not items:
+        if raw.strip():
+            # ' , ' or ',,,' is a templating slip, not a choice: it must not turn a worker into a node
+            # that serves requests and every service.
+            raise WorkerModeSyntaxError(
+                f"WORKER_MODE {raw!r} has separators but no items; leave it empty (or unset) for "
+                "requests + every service, or name '!', '*', '-' or service keys."
+            )
         return WorkerMode(raw, serves_requests=True, serves_all_services=True, keys=(), transient=False)
 
     if TRANSIENT in items:
