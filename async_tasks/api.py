@@ -244,11 +244,14 @@ def download_response(task: AsyncTask, *, errors: bool = False) -> HttpResponse:
 
 @api_view(staff=False)
 def template(request: HttpRequest, label: str) -> HttpResponse:
-    """GET /api/import/<app.model>/template?format=csv|xlsx: a header row of the allowed fields."""
+    """GET /api/import/<app.model>/template?format=csv|xlsx: a header row of the allowed fields,
+    for users who may import into the model (its add or change permission)."""
     try:
         spec = get_spec(label)
     except AsyncTaskError as exc:
         return error(404, str(exc))
+    if not any(can_import(request.user, spec, mode) for mode in (Mode.INSERT, Mode.UPDATE_ONLY)):
+        return error(403, f"You may not import into {spec.label}.")
     return template_response(spec, request.GET.get("format") or "csv")
 
 

@@ -169,6 +169,16 @@ def test_token_auth_and_bad_requests(importer):
     )
 
 
+def test_the_import_template_needs_the_import_permission():
+    viewer = Client()
+    viewer.force_login(user_with("viewer", "view_product"))  # may export, may not import
+    response = viewer.get("/api/import/catalog.Product/template?format=csv")
+    assert response.status_code == 403 and "may not import" in response.json()["error"]
+    updater = Client()
+    updater.force_login(user_with("updater", "change_product"))  # update_only imports
+    assert updater.get("/api/import/catalog.Product/template?format=xlsx").status_code == 200
+
+
 def admin_client(*codenames: str) -> Client:
     client = Client()
     client.force_login(user_with("staffer", *codenames, staff=True))
