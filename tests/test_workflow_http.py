@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from tests.conftest import build_workflow, drain
 from workflows import http, triggers
@@ -141,3 +144,102 @@ def test_responses_the_database_cannot_store_fail_the_node_with_the_reason(
     assert reason in execution.error
     if status == "resolved":
         assert Job.objects.get(execution=execution).result["data"] == "plain words, not JSON"
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254 (cloud metadata)
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64 of 10.0.0.1
+        ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1
+        ("2002:c0a8:101::1", False),  # 6to4 of 192.168.1.1
+        ("::7f00:1", False),  # IPv4-compatible 127.0.0.1
+        ("::ffff:0:7f00:1", False),  # SIIT: IPv4-translated 127.0.0.1
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # Teredo, client 127.0.0.1
+        ("fec0::1", False),  # site-local
+        ("::1", False),
+        ("fe80::1", False),
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8: a public address
+        ("2606:4700:4700::1111", True),
+        ("8.8.8.8", True),
+    ],
+)
+def test_ipv6_forms_are_judged_by_the_ipv4_address_they_carry(address, public):
+    import ipaddress
+
+    assert http.is_public(ipaddress.ip_address(address)) is public
+
+
+def test_an_embedded_ipv4_address_may_be_allow_listed(settings):
+    import ipaddress
+
+    settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["127.0.0.1"]
+    assert http._allowed(ipaddress.ip_address("::ffff:127.0.0.1"), http.allowed_networks())
+    assert not http._allowed(ipaddress.ip_address("::ffff:10.0.0.1"), http.allowed_networks())
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:99999/", "Port out of range"),
+        ("http://[::1/", "Invalid IPv6 URL"),
+        ("ftp://example.com/", "is not an http(s) URL"),
+        ("http:///path-only", "is not an http(s) URL"),
+        ("http://example.com/a b", "spaces or control characters"),
+        ("http://example.com:0/", "has port 0"),
+    ],
+)
+def test_malformed_urls_are_refused_when_saved_and_fail_cleanly_when_run(server, url, problem):
+    from workflows import nodes
+
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        nodes.check_config("http", {"url": url})
+    workflow = http_workflow("{{ $context.url }}")
+    execution, job = run(workflow, {"url": url, "n": 1, "token": "t"})
+    assert execution.status == Execution.Status.FAILED and problem in execution.error
+
+
+def test_header_values_cannot_smuggle_lines(server, settings):
+    from workflows import nodes
+
+    with pytest.raises(ValidationError, match="contain line breaks"):
+        nodes.check_config("http", {"url": "http://example.com/", "headers": {"X-A": "1\r\nX-B: 2"}})
+    settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["127.0.0.1"]
+    execution, job = run(http_workflow(f"{server}/hook"), {"n": 1, "token": "t\r\nX-Evil: 1"})
+    assert execution.status == Execution.Status.FAILED and "contain line breaks" in job.error
+    assert Handler.received == []
+
+
+class Drip(BaseHTTPRequestHandler):
+    """Answers one byte every 0.2 s, for at most 20 s: each read gets data long before its timeout."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        self.wfile.flush()
+        for _ in range(100):
+            try:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_timeout_bounds_the_whole_call_not_each_read(settings, redis_conn):
+    settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["127.0.0.1"]
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/drip"
+        execution, job = run(http_workflow(url, timeout=1.5), {"n": 1, "token": "t"})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert execution.status == Execution.Status.FAILED
+    assert "took longer than its 1.5 s timeout" in job.error

@@ -2,16 +2,22 @@
 
 The host is resolved once, every address is checked, and the connection goes to
 the checked address (so a DNS answer that changes between check and connect
-cannot redirect it). Redirects are not followed; the body read is bounded.
+cannot redirect it). An IPv6 address that carries an IPv4 one (mapped, 6to4,
+Teredo, NAT64, IPv4-compatible, SIIT) is judged by that IPv4 address, and
+site-local IPv6 is refused. Redirects are not followed; the body read is bounded,
+and the whole call (connect, headers, body) has one deadline: the node's timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
 import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,10 +39,41 @@ def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(item, strict=False) for item in conf.WORKFLOWS_HTTP_ALLOWED_NETWORKS]
 
 
+#: IPv6 ranges whose last 32 bits are an IPv4 address: NAT64 (well-known and local-use),
+#: IPv4-compatible (deprecated), and SIIT's IPv4-translated ``::ffff:0:a.b.c.d``.
+_EMBEDDING = tuple(
+    ipaddress.ip_network(net) for net in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96", "::ffff:0:0:0/96")
+)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, whatever the form; None for a plain IPv6 address."""
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    if address.teredo:
+        return address.teredo[1]  # the client; its server is a public relay
+    if any(address in network for network in _EMBEDDING) and int(address) > 1:  # not :: or ::1
+        return ipaddress.IPv4Address(address.packed[-4:])
+    return None
+
+
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:  # fec0::/10: deprecated, and private wherever it is still used
+            return False
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return is_public(inner)
     return address.is_global and not address.is_multicast
+
+
+def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list) -> bool:
+    candidates = [address]
+    if isinstance(address, ipaddress.IPv6Address) and (inner := embedded_ipv4(address)) is not None:
+        candidates.append(inner)
+    return any(candidate in network for candidate in candidates for network in networks)
 
 
 def resolve_checked(host: str, port: int) -> str:
@@ -49,7 +86,7 @@ def resolve_checked(host: str, port: int) -> str:
     addresses = []
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if not is_public(address) and not any(address in network for network in networks):
+        if not is_public(address) and not _allowed(address, networks):
             raise BlockedAddress(
                 f"{host} resolves to {address}, a private or local address; "
                 "add it to WORKFLOWS_HTTP_ALLOWED_NETWORKS to allow it."
@@ -77,14 +114,41 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
+class BadURL(ValueError):
+    """Not an http(s) URL with a host and a valid port; the message says what is wrong."""
+
+
+def parse_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path with query) of an http(s) URL; BadURL otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port outside 0-65535 or not a number
+        host = parts.hostname
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise BadURL(f"{url!r} is not a valid URL: {exc}.") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise BadURL(f"{url!r} is not an http(s) URL with a host.")
+    if any(ord(char) < 33 or char == "\x7f" for char in url):
+        raise BadURL(f"{url!r} contains spaces or control characters.")
+    if port == 0:
+        raise BadURL(f"{url!r} has port 0.")
+    port = port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, host, port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _bad_header(name: str, value: str) -> bool:
+    return any(char in f"{name}{value}" for char in "\r\n\x00") or not name or ":" in name
+
+
 def check_config(config: dict[str, Any]) -> None:
     url = config.get("url")
     if not isinstance(url, str) or not url:
         raise ConfigError("'url' is required.")
     if "{{" not in url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"'url' must be an http(s) URL, got {url!r}.")
+        try:
+            parse_url(url)
+        except BadURL as exc:
+            raise ConfigError(f"'url': {exc}") from None
     method = config.get("method", "POST")
     if method not in METHODS:
         raise ConfigError(f"'method' must be one of {', '.join(METHODS)}, got {method!r}.")
@@ -94,6 +158,9 @@ def check_config(config: dict[str, Any]) -> None:
     bad = sorted(h for h in headers if h.lower() in _FORBIDDEN_HEADERS)
     if bad:
         raise ConfigError(f"Headers {', '.join(bad)} are set by the engine and cannot be configured.")
+    broken = sorted(name for name, value in headers.items() if _bad_header(name, value))
+    if broken:
+        raise ConfigError(f"Header(s) {', '.join(map(repr, broken))} contain line breaks, NUL or a colon.")
     timeout = config.get("timeout", 10)
     if not isinstance(timeout, (int, float)) or not 0 < timeout <= conf.WORKFLOWS_HTTP_MAX_TIMEOUT:
         raise ConfigError(f"'timeout' must be a number of seconds in (0, {conf.WORKFLOWS_HTTP_MAX_TIMEOUT}].")
@@ -109,28 +176,58 @@ class Response:
 def request(
     method: str, url: str, *, headers: dict[str, str], body: Any = None, timeout: float = 10.0
 ) -> Response:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise NodeFailed(f"Not an http(s) URL: {url!r}.")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    address = resolve_checked(parts.hostname, port)
-    connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    connection = connection_class(parts.hostname, port, address, timeout=timeout)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    """Call ``url``; the whole call (resolving, connecting, sending, headers, body) within ``timeout``."""
+    try:
+        scheme, host, port, path = parse_url(url)
+    except BadURL as exc:
+        raise NodeFailed(str(exc)) from None
+    broken = sorted(name for name, value in headers.items() if _bad_header(name, value))
+    if broken:  # a placeholder rendered a line break into a header
+        raise NodeFailed(f"Header(s) {', '.join(map(repr, broken))} contain line breaks, NUL or a colon.")
+    deadline = time.monotonic() + timeout
+    address = resolve_checked(host, port)
+    connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+    connection = connection_class(host, port, address, timeout=max(deadline - time.monotonic(), 0.001))
     payload = None
     headers = dict(headers)
     if body is not None and method not in ("GET", "HEAD"):
         payload = json.dumps(body).encode()
         headers.setdefault("Content-Type", "application/json")
+    # A socket timeout bounds each read, not the call: a peer that sends a byte a second would
+    # hold the worker for ever. At the deadline the socket is shut, which ends any read at once.
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(deadline - time.monotonic(), 0), expire)
+    timer.daemon = True
+    timer.start()
+    limit = conf.WORKFLOWS_HTTP_MAX_RESPONSE_BYTES
     try:
         connection.request(method, path, body=payload, headers=headers)
         response = connection.getresponse()
-        limit = conf.WORKFLOWS_HTTP_MAX_RESPONSE_BYTES
-        raw = response.read(limit + 1)
-    except (OSError, http.client.HTTPException) as exc:
+        chunks, size = [], 0
+        while size <= limit and not expired.is_set():
+            chunk = response.read(min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if expired.is_set():
+            raise NodeFailed(f"{method} {url} took longer than its {timeout:g} s timeout.") from None
         raise NodeFailed(f"{method} {url} failed: {exc}") from None
     finally:
+        timer.cancel()
         connection.close()
+    if expired.is_set():
+        raise NodeFailed(f"{method} {url} took longer than its {timeout:g} s timeout.")
     if len(raw) > limit:
         raise NodeFailed(f"{method} {url}: the response is larger than {limit} bytes.")
     text = raw.decode(errors="replace")
