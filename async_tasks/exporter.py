@@ -61,9 +61,10 @@ def _row_function(fields: list[models.Field], fmt: str) -> Callable[[tuple], tup
         elif isinstance(f, models.ForeignKey):
             steps.append(None)
         elif f.get_internal_type() in ("CharField", "TextField", "SlugField", "EmailField", "URLField"):
-            steps.append(_text)
+            # CSV: guarded against formulas; XLSX cells are typed strings, never run as formulas.
+            steps.append(_text if fmt == "csv" else None)
         elif isinstance(f, models.JSONField | models.UUIDField | models.DurationField):
-            steps.append(_as_text)
+            steps.append(_as_text if fmt == "csv" else _as_plain_text)
         else:
             steps.append(None)
     if not any(steps):
@@ -89,10 +90,14 @@ def _text(value: str) -> str:
     return neutralize(value)
 
 
-def _as_text(value: Any) -> str:
+def _as_plain_text(value: Any) -> str:
     import json
 
-    return neutralize(json.dumps(value) if isinstance(value, dict | list) else str(value))
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def _as_text(value: Any) -> str:
+    return neutralize(_as_plain_text(value))
 
 
 def export(

@@ -1,12 +1,19 @@
-"""Reading rows from CSV/XLSX files and writing them, streamed: memory does not grow with rows."""
+"""Reading rows from CSV/XLSX files and writing them, streamed: memory does not grow with rows.
+
+A row that cannot be read (a line that is not valid in the file's encoding, a cell longer
+than ``csv.field_size_limit()``, broken CSV) is yielded as a :class:`RowProblem`: the
+importer reports it with its row number and goes on with the next row.
+"""
 
 from __future__ import annotations
 
 import codecs
 import csv
 import io
+import re
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 from .conf import conf
@@ -17,6 +24,35 @@ SAMPLE_SIZE = 64 * 1024
 #: Characters a spreadsheet reads as the start of a formula (OWASP's list; tab and CR too).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 DELIMITERS = ",;\t|"
+#: Encodings that decode any bytes into text without being a file's encoding (Python's codecs of
+#: host names, escapes and placeholders); codecs that are not text encodings at all (rot13, zlib,
+#: base64, ...) are refused by their codec's own flag.
+NOT_FILE_ENCODINGS = frozenset({"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape"})
+ENCODINGS_HINT = "utf-8, utf-8-sig, cp1252, latin-1, utf-16, shift_jis, ..."
+
+
+def check_encoding(name: str) -> str:
+    """The codec's canonical name if ``name`` is a text encoding a file can be in; FileRejected if not."""
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, TypeError, ValueError):
+        raise FileRejected(f"Unknown encoding {name!r}; e.g. {ENCODINGS_HINT}.") from None
+    if not getattr(info, "_is_text_encoding", True) or info.name in NOT_FILE_ENCODINGS:
+        raise FileRejected(f"{name!r} is not a text encoding a file is written in; e.g. {ENCODINGS_HINT}.")
+    return info.name
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """A row that could not be read; ``message`` says why (the importer reports it)."""
+
+    message: str
+
+
+# A well-formed multi-byte UTF-8 sequence (2 to 4 bytes).
+_UTF8_MULTIBYTE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+)
 
 
 def guess_format(name: str) -> str:
@@ -46,6 +82,12 @@ def detect_encoding(sample: bytes) -> str:
         return "utf-8"
     except UnicodeDecodeError:
         pass
+    # UTF-8 with a few bad bytes is UTF-8 with bad lines (reported), not a legacy encoding that
+    # would turn every "é" into "Ã©": it is, when well-formed multi-byte sequences outnumber
+    # the bytes that do not decode.
+    invalid = sample.decode("utf-8", errors="replace").count("\ufffd")
+    if len(_UTF8_MULTIBYTE.findall(sample)) >= max(invalid, 1):
+        return "utf-8"
     from charset_normalizer import from_bytes
     from charset_normalizer.utils import is_multi_byte_encoding
 
@@ -74,14 +116,13 @@ class CsvReader:
         sample = raw.read(SAMPLE_SIZE)
         raw.seek(0)
         self.encoding = encoding or detect_encoding(sample)
-        try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise FileRejected(f"Unknown encoding {self.encoding!r}.") from None
+        check_encoding(self.encoding)
         text_sample = sample.decode(self.encoding, errors="ignore")
         self.delimiter = delimiter or sniff_delimiter(text_sample)
         self.total = _count_lines(raw)
         self.line = 0
+        #: Physical lines that did not decode, not yet attributed to a row: (line, reason).
+        self._undecodable: list[tuple[int, str]] = []
         if codecs.lookup(self.encoding).name.startswith(("utf-16", "utf-32")):
             lines: Iterator[str] = io.TextIOWrapper(raw, encoding=self.encoding, newline="")
         else:
@@ -93,27 +134,39 @@ class CsvReader:
             raise FileRejected(f"Cannot read the header row: {exc}.") from None
 
     def _decoded_lines(self, raw: IO[bytes]) -> Iterator[str]:
-        # Line by line, so a bad byte names its line and every line before it is imported.
+        # Line by line, so a bad byte names its line (and only its row is lost).
         encoding = self.encoding
         for self.line, data in enumerate(raw, start=1):  # noqa: B020 (the attribute is the position)
             try:
                 yield data.decode(encoding)
             except UnicodeDecodeError as exc:
-                raise FileRejected(
-                    f"Line {self.line} is not valid {encoding}: {exc.reason}; choose the file's encoding."
-                ) from None
+                self._undecodable.append((self.line, exc.reason))
+                yield data.decode(encoding, errors="replace")
 
-    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+    def __iter__(self) -> Iterator[tuple[int, list[str] | RowProblem]]:
         number = 1
-        try:
-            for number, row in enumerate(self._reader, start=2):  # noqa: B007 (used in the error)
-                yield number, row
-        except UnicodeDecodeError as exc:
-            raise FileRejected(
-                f"Row {number + 1} is not valid {self.encoding}: {exc.reason}; choose the file's encoding."
-            ) from None
-        except csv.Error as exc:
-            raise FileRejected(f"Row {number + 1} cannot be parsed as CSV: {exc}.") from None
+        while True:
+            number += 1
+            try:
+                row = next(self._reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as exc:  # a UTF-16/32 stream: the rest cannot be read
+                raise FileRejected(
+                    f"Row {number} is not valid {self.encoding}: {exc.reason}; choose the file's encoding."
+                ) from None
+            except csv.Error as exc:  # e.g. a cell over csv.field_size_limit(): this row only
+                yield number, RowProblem(f"The row cannot be read as CSV: {exc}.")
+                continue
+            if self._undecodable:
+                line, reason = self._undecodable[0]
+                self._undecodable.clear()
+                yield number, RowProblem(
+                    f"Line {line} is not valid {self.encoding} ({reason}); if many rows say so, choose "
+                    "the file's encoding."
+                )
+                continue
+            yield number, [unneutralize(value) for value in row]
 
 
 def _count_lines(raw: IO[bytes]) -> int:
@@ -184,11 +237,32 @@ class XlsxReader:
         self._book.close()
 
 
+#: What ``neutralize`` guards: a text a spreadsheet would run as a formula, also behind apostrophes
+#: (so that the guard, undone by ``unneutralize``, never eats an apostrophe that was the text's own).
+_GUARDED = re.compile("'*[=+\\-@\t\r]")
+
+
 def neutralize(value: str) -> str:
-    """A text a spreadsheet would run as a formula, made inert by a leading apostrophe."""
-    if value and value[0] in FORMULA_PREFIXES:
+    """A text a spreadsheet would run as a formula, made inert by one leading apostrophe (CSV)."""
+    if value and _GUARDED.match(value):
         return "'" + value
     return value
+
+
+def unneutralize(value: str) -> str:
+    """Undo exactly what ``neutralize`` added: export -> import gives back the same text."""
+    if value.startswith("'") and _GUARDED.match(value, 1):
+        return value[1:]
+    return value
+
+
+def is_number(value: str) -> bool:
+    """Does a spreadsheet read ``value`` as a number ("-5", "+1.5e3")? Such values need no guard."""
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return value.strip() == value and value.lower().lstrip("+-") not in ("inf", "infinity", "nan")
 
 
 class CsvWriter:

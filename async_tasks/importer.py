@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import DataError, IntegrityError, models, transaction
 from django.db.models.signals import post_save
 
 from .exceptions import FileRejected
+from .formats import RowProblem
 from .spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,11 @@ class Mode:
 
     choices = (INSERT, SKIP, UPDATE, UPDATE_ONLY)
 
+
+#: Characters a cell may hold: a longer one is a row error (the CSV reader's own limit, for XLSX too).
+MAX_CELL = csv.field_size_limit()
+#: Unknown columns named in an error at most (a header of a million columns is not a message).
+MAX_NAMED = 20
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
@@ -80,10 +86,14 @@ class ErrorReport:
         self._writer.writerow(["row", "column", "message", *self.header])
 
     def add(self, number: int, column: str, message: str, raw: list[Any]) -> None:
-        from .formats import neutralize
+        from .formats import is_number, neutralize
 
         self.count += 1
-        self._writer.writerow([number, column, message, *(neutralize(str(v)) for v in raw)])
+        values = (str(v)[:MAX_CELL] for v in raw)  # the report stays readable: a huge cell is cut
+        message = message[:MAX_CELL]
+        self._writer.writerow(
+            [number, column, message, *(v if is_number(v) else neutralize(v) for v in values)]
+        )
 
     def finish(self) -> IO[bytes]:
         self._text.flush()
@@ -116,9 +126,9 @@ def _column_map(spec: ModelSpec, header: list[str]) -> list[models.Field]:
         seen.add(f.name)
         columns.append(f)
     if unknown:
-        raise FileRejected(
-            f"Unknown column(s) {', '.join(repr(u) for u in unknown)}; allowed: {spec.field_names}."
-        )
+        named = ", ".join(repr(u[:100]) for u in unknown[:MAX_NAMED])
+        more = f" and {len(unknown) - MAX_NAMED:,} more" if len(unknown) > MAX_NAMED else ""
+        raise FileRejected(f"Unknown column(s) {named}{more}; allowed: {spec.field_names}.")
     return columns
 
 
@@ -186,6 +196,10 @@ def _converter(f: models.Field) -> Callable[[Any], Any]:
 
     def convert(value: Any) -> Any:
         if isinstance(value, str):
+            if "\x00" in value:
+                raise ValidationError("The value contains the NUL character, which cannot be stored.")
+            if len(value) > MAX_CELL:
+                raise ValidationError(f"The value has {len(value):,} characters; at most {MAX_CELL:,}.")
             value = value.strip()
             if value == "":
                 if empty is _REQUIRED:
@@ -259,6 +273,9 @@ class Importer:
         width = len(self.columns)
         converters = self.converters
         for number, raw in rows:
+            if isinstance(raw, RowProblem):  # unreadable: reported, and the next row is read
+                self._fail(number, "", raw.message, [])
+                continue
             if not any(v not in ("", None) for v in raw):
                 continue  # blank line
             if len(raw) > width and any(str(v).strip() for v in raw[width:]):
@@ -311,8 +328,9 @@ class Importer:
                 with transaction.atomic():
                     outcome = self._write(batch)
                     self._fence(outcome)
-            except IntegrityError:
-                # Another unique field, or a record written meanwhile: find the bad rows one by one.
+            except (IntegrityError, DataError):
+                # Another unique field, a record written meanwhile, a value the database refuses
+                # (out of range, too long for its column): find the bad rows one by one.
                 with transaction.atomic():
                     outcome = self._write_one_by_one(batch)
                     self._fence(outcome)
@@ -450,9 +468,9 @@ class Importer:
             try:
                 with transaction.atomic():
                     outcome = self._write([row])
-            except IntegrityError as exc:
+            except (IntegrityError, DataError) as exc:
                 outcome = _Outcome(
-                    errors=[(row, "", f"Rejected by the database: {str(exc).splitlines()[0]}")]
+                    errors=[(row, "", f"Rejected by the database: {str(exc).splitlines()[0][:500]}")]
                 )
             total.created += outcome.created
             total.updated += outcome.updated

@@ -24,7 +24,6 @@ from .spec import ModelSpec, get_spec
 
 logger = logging.getLogger(__name__)
 Status = AsyncTask.Status
-ENCODINGS_HINT = "utf-8, utf-8-sig, cp1252, latin-1, utf-16, ..."
 
 ProgressCallback = Callable[[AsyncTask], None]
 
@@ -44,12 +43,7 @@ def import_options(
     if mode not in Mode.choices:
         raise FileRejected(f"Unknown mode {mode!r}; modes: {', '.join(Mode.choices)}.")
     if encoding:
-        import codecs
-
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise FileRejected(f"Unknown encoding {encoding!r}; e.g. {ENCODINGS_HINT}.") from None
+        formats.check_encoding(encoding)  # a text encoding files are written in, or a 400
     if delimiter and (len(delimiter) != 1 or delimiter in '"\r\n'):
         raise FileRejected("The delimiter must be one character, e.g. ',' ';' '|' or a tab.")
     return {

@@ -67,12 +67,16 @@ def test_csv_export_of_all_fields_neutralizes_formulas():
 
 
 @pytest.mark.usefixtures("products")
-def test_xlsx_export_keeps_native_types_and_neutralizes_formulas():
+def test_xlsx_export_keeps_native_types_and_writes_text_as_text():
     task = run_export("xlsx", fields=["sku", "name", "price", "active"])
     rows = xlsx_rows(task)
     assert rows[0] == ("sku", "name", "price", "active")
     assert rows[1] == ("A-1", "Apple", 1.5, True)
-    assert rows[2][1] == "'=1+2" and rows[3][1] == "'-cmd|' /C calc'!A0"
+    # Typed string cells: a spreadsheet never runs them, so they need (and get) no guard.
+    assert rows[2][1] == "=1+2" and rows[3][1] == "-cmd|' /C calc'!A0"
+    with storage.get_storage().open(task.result_file, "rb") as handle:
+        sheet = openpyxl.load_workbook(handle).worksheets[0]
+    assert sheet["B3"].value == "=1+2" and sheet["B3"].data_type == "s"  # a string, not a formula
     assert task.result_file.endswith(".xlsx")
 
 
@@ -90,6 +94,29 @@ def test_an_export_imports_back_unchanged():
     assert again.summary == {"created": 0, "updated": 5, "skipped": 0, "failed": 0}
     a1 = Product.objects.get(sku="A-1")
     assert (a1.name, a1.quantity) == ("Apple", 3)
+    names = dict(Product.objects.values_list("sku", "name"))
+    assert names == {"A-1": "Apple", "B-2": "=1+2", "C-3": "-cmd|' /C calc'!A0", "D-4": "@SUM(A1)",
+                     "E-5": "+44 20 7946"}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_export_then_import_in_update_mode_changes_nothing(fmt):
+    odd = ['=HYPERLINK("http://x")', "-2+3", "+1", "'quoted", "''=twice", "'=once", "@x", "-5"]
+    Product.objects.bulk_create(
+        Product(sku=text if i % 2 else f"S{i}", name=text, price=Decimal("1.00"), quantity=i)
+        for i, text in enumerate(["=F-9", *odd])
+    )
+    before = sorted(Product.objects.values_list("sku", "name", "price", "quantity", "active"))
+    exported = run_export(fmt)
+    with storage.get_storage().open(exported.result_file, "rb") as handle:
+        data = handle.read()
+    again = tasks.create_import(
+        None, "catalog.Product", io.BytesIO(data), name=f"back.{fmt}", mode="update", dispatch=False
+    )
+    tasks.run(again.pk)
+    again.refresh_from_db()
+    assert again.summary == {"created": 0, "updated": len(before), "skipped": 0, "failed": 0}, again.error
+    assert sorted(Product.objects.values_list("sku", "name", "price", "quantity", "active")) == before
 
 
 @pytest.mark.usefixtures("products")

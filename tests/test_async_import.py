@@ -93,13 +93,16 @@ def test_a_chosen_encoding_wins_over_detection():
     assert task.status == "succeeded" and Product.objects.get(sku="E-1").name == "Ærø"
 
 
-def test_a_file_that_is_not_the_chosen_encoding_fails_with_the_row():
-    data = b"sku,name,price\n" + b"".join(f"U-{i},n,1\n".encode() for i in range(20000)) + b"U-x,\xff\xfe,1\n"
+def test_a_line_that_is_not_the_files_encoding_is_reported_and_the_rest_imported():
+    data = b"sku,name,price\n" + b"".join(f"U-{i},n,1\n".encode() for i in range(20000))
+    data += b"U-x,\xff\xfe,1\nU-last,last,1\n"
     task = run_import(data, encoding="utf-8")
-    assert task.status == "failed"
-    assert "not valid utf-8" in task.error and "choose the file's encoding" in task.error
-    assert task.error.startswith("Line 20002 is not valid utf-8")
-    assert task.summary["created"] == Product.objects.count() == 20000  # every good row before it
+    assert task.status == "succeeded", task.error
+    assert task.summary == {"created": 20001, "updated": 0, "skipped": 0, "failed": 1}
+    assert Product.objects.filter(sku="U-last").exists()  # the rows after it are imported too
+    [error] = error_rows(task)
+    assert (error["row"], error["column"]) == ("20002", "")
+    assert error["message"].startswith("Line 20002 is not valid utf-8")
 
 
 def test_unknown_columns_fail_up_front_naming_the_allowed_ones():
@@ -410,3 +413,71 @@ def test_imported_rows_fire_collection_workflows_only_when_asked():
     contexts = [e.context for e in Execution.objects.order_by("id")]
     assert [(c["event"], c["data"]["sku"]) for c in contexts] == [("created", "W-3"), ("updated", "W-1")]
     assert contexts[1]["data"]["price"] == 9.0 and contexts[1]["changed"] == ["price"]
+
+
+def test_one_bad_cell_fails_its_row_not_the_import():
+    huge = "x" * 200_000  # over the CSV reader's 131,072-character field limit
+    data = (f"sku,name,price\nOK-1,fine,1\nNUL-1,a\x00b,1\nBIG-1,{huge},1\nOK-2,also fine,2\n").encode()
+    task = run_import(data)
+    assert task.status == "succeeded", task.error
+    assert task.summary == {"created": 2, "updated": 0, "skipped": 0, "failed": 2}
+    assert sorted(Product.objects.values_list("sku", flat=True)) == ["OK-1", "OK-2"]
+    errors = {e["row"]: e["message"] for e in error_rows(task)}
+    assert "contains the NUL character" in errors["3"]
+    assert "field larger than field limit" in errors["4"]
+
+
+def test_a_value_the_database_refuses_fails_its_row(monkeypatch):
+    # A value the model's validation lets through and the database refuses (a DataError, e.g. a
+    # custom field's value out of the column's range): the batch is retried row by row.
+    from django.db import DataError
+
+    from async_tasks import importer
+
+    original = importer.Importer._insert
+
+    def refusing(self, rows, outcome):
+        if any(row.values.get("sku") == "REFUSED" for row in rows):
+            raise DataError("value out of range for the column")
+        return original(self, rows, outcome)
+
+    monkeypatch.setattr(importer.Importer, "_insert", refusing)
+    task = run_import(b"sku,name,price\nOK,ok,1\nREFUSED,no,1\nOK2,ok,2\n")
+    assert task.summary == {"created": 2, "updated": 0, "skipped": 0, "failed": 1}, task.error
+    [error] = error_rows(task)
+    assert error["row"] == "3" and error["message"].startswith("Rejected by the database: value out of range")
+
+
+def test_a_header_of_many_unknown_columns_is_a_short_error():
+    header = ",".join(["sku", "name", "price", *(f"junk{i}" for i in range(100_000))])
+    task = run_import((header + "\nA,b,1\n").encode())
+    assert task.status == "failed"
+    assert "'junk19' and 99,980 more; allowed:" in task.error and len(task.error) < 1000
+
+
+def test_utf8_with_one_bad_byte_is_read_as_utf8_and_the_line_reported():
+    data = "sku,name,price\nC-1,Café,1\nC-2,Crème,2\n".encode() + b"C-3,bad\xe9,3\n"
+    task = run_import(data)  # small: the whole file is the detection sample
+    assert Product.objects.get(sku="C-1").name == "Café"  # not "CafÃ©"
+    assert task.summary["created"] == 2 and task.summary["failed"] == 1
+    assert "Line 4 is not valid utf-8" in error_rows(task)[0]["message"]
+
+
+def test_a_legacy_file_without_utf8_sequences_is_still_cp1252():
+    task = run_import("sku,name,price\nC-1,Café,1\n".encode("cp1252"))
+    assert Product.objects.get(sku="C-1").name == "Café" and task.status == "succeeded"
+
+
+@pytest.mark.parametrize("encoding", ["rot13", "zlib_codec", "base64", "idna", "punycode", "unicode_escape"])
+def test_only_text_encodings_are_accepted(encoding):
+    with pytest.raises(FileRejected, match="not a text encoding a file is written in"):
+        tasks.create_import(
+            None, "catalog.Product", io.BytesIO(product_csv(1)), name="p.csv", encoding=encoding
+        )
+
+
+def test_unknown_encodings_are_refused():
+    with pytest.raises(FileRejected, match="Unknown encoding 'nope'"):
+        tasks.create_import(
+            None, "catalog.Product", io.BytesIO(product_csv(1)), name="p.csv", encoding="nope"
+        )
