@@ -57,6 +57,8 @@ WORKER_MODE_GUNICORN_CONFIG = str(BASE_DIR / "nocobase_site" / "gunicorn.conf.py
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # RQ_QUEUES is left unset on purpose: worker_mode makes one queue per service key on REDIS_URL.
 RQ = {"COMMIT_MODE": "on_db_commit"}
+# django-rq's admin entry asks only for is_staff; worker_mode serves its pages with permissions.
+RQ_SHOW_ADMIN_LINK = False
 
 # Models workflows may trigger on and read/write (the demo collection).
 WORKER_MODE_WORKER_NICE = int(os.environ.get("WORKER_MODE_WORKER_NICE", "10"))

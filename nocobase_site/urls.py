@@ -10,6 +10,6 @@ urlpatterns = [
     path("", include("async_tasks.urls")),
     path("", include("catalog.urls")),
     path("admin/", admin.site.urls),
-    # django-rq's queue views are staff-only.
-    path("django-rq/", include("django_rq.urls")),
+    # django-rq's queue views, behind worker_mode's permissions (view_cluster, control_queues).
+    path("django-rq/", include("worker_mode.rq_urls")),
 ]

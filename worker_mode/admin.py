@@ -14,11 +14,25 @@ from .coverage import cluster_report
 from .models import Cluster
 
 
+def _unregister_django_rq_dashboard() -> None:
+    # django-rq's own admin entry serves its queue views to any staff user (emptying queues
+    # included); the Cluster page links to the guarded ones (worker_mode.rq_urls) instead.
+    from django_rq.models import Dashboard
+
+    if admin.site.is_registered(Dashboard):
+        admin.site.unregister(Dashboard)
+
+
+_unregister_django_rq_dashboard()
+
+
 def _queue_links() -> dict[str, str]:
-    from django_rq.settings import QUEUES
+    # django-rq's views number queues in the order of get_queues_list() (sorted by name), not in
+    # the order of RQ_QUEUES: the index must come from the same list.
+    from django_rq.settings import get_queues_list
 
     links = {}
-    for index, name in enumerate(QUEUES):
+    for index, name in enumerate(queue["name"] for queue in get_queues_list()):
         try:
             links[name] = reverse("django_rq:jobs", args=[index])
         except NoReverseMatch:  # django-rq's views are not installed in this site

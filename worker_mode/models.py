@@ -124,5 +124,6 @@ class Cluster(models.Model):
     class Meta:
         managed = False
         default_permissions = ("view",)
+        permissions = [("control_queues", "Can empty, requeue, delete and stop queued jobs")]
         verbose_name = "cluster"
         verbose_name_plural = "cluster"

@@ -1,0 +1,65 @@
+"""django-rq's queue pages behind worker_mode's permissions.
+
+django-rq's own views ask only for ``is_staff``: any staff user could empty
+``workflow:process``. Here viewing a queue, its jobs and workers needs
+``worker_mode.view_cluster`` (as the Cluster page does), and changing one —
+empty, requeue, delete, enqueue, stop, bulk actions — ``worker_mode.control_queues``
+(superusers have both). Include it instead of ``django_rq.urls``::
+
+    path("django-rq/", include("worker_mode.rq_urls")),
+
+It keeps django-rq's namespace, so ``reverse("django_rq:jobs", ...)`` works. django-rq's
+token-authenticated ``stats.json`` and ``metrics`` are left out: ``/metrics`` serves both.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern
+from django_rq.urls import get_admin_urlpatterns
+
+VIEW_PERMISSION = "worker_mode.view_cluster"
+CONTROL_PERMISSION = "worker_mode.control_queues"
+#: django-rq's views that change a queue or a job.
+CONTROL_VIEWS = frozenset(
+    {
+        "clear",
+        "requeue_all",
+        "delete_failed_jobs",
+        "delete_job",
+        "requeue_job",
+        "enqueue_job",
+        "stop_job",
+        "confirm_action",
+        "actions",
+    }
+)
+
+
+def guarded(view: Callable[..., HttpResponse], permission: str) -> Callable[..., HttpResponse]:
+    """``view`` for active staff users with ``permission``; others get the login page or a 403."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.has_perm(permission):
+            raise PermissionDenied(f"Permission {permission} required.")
+        return view(request, *args, **kwargs)
+
+    return staff_member_required(wrapper)
+
+
+def permission_for(name: str | None) -> str:
+    return CONTROL_PERMISSION if name in CONTROL_VIEWS else VIEW_PERMISSION
+
+
+app_name = "django_rq"
+urlpatterns = [
+    URLPattern(p.pattern, guarded(p.callback, permission_for(p.name)), p.default_args, p.name)
+    for p in get_admin_urlpatterns()
+]
