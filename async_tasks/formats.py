@@ -50,9 +50,7 @@ class RowProblem:
 
 
 # A well-formed multi-byte UTF-8 sequence (2 to 4 bytes).
-_UTF8_MULTIBYTE = re.compile(
-    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
-)
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
 
 
 def guess_format(name: str) -> str:
@@ -161,9 +159,12 @@ class CsvReader:
             if self._undecodable:
                 line, reason = self._undecodable[0]
                 self._undecodable.clear()
-                yield number, RowProblem(
-                    f"Line {line} is not valid {self.encoding} ({reason}); if many rows say so, choose "
-                    "the file's encoding."
+                yield (
+                    number,
+                    RowProblem(
+                        f"Line {line} is not valid {self.encoding} ({reason}); if many rows say so, choose "
+                        "the file's encoding."
+                    ),
                 )
                 continue
             yield number, [unneutralize(value) for value in row]

@@ -51,6 +51,11 @@ def on_starting(server):
         server.log.error("%s", exc)
         sys.exit(1)
     mode = current_mode()
+    from nocobase_site.checks import secret_key_errors
+
+    for error in secret_key_errors(server.cfg.bind, mode.serves_requests):
+        server.log.error("%s: %s %s", error.id, error.msg, error.hint)
+        sys.exit(1)
     server.log.info(
         "WORKER_MODE=%r: serves requests: %s; services: %s",
         mode.raw,

@@ -40,6 +40,8 @@ def env_counts(name: str) -> dict[str, int]:
     return counts
 
 
+# The default is for a laptop only: a node serving requests on any other address refuses to start
+# with it (nocobase_site.E001). Generate one: python -c 'import secrets; print(secrets.token_urlsafe(50))'
 SECRET_KEY = os.environ.get("SECRET_KEY", "django-insecure-laptop-only-set-SECRET_KEY-in-production")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
@@ -109,6 +111,7 @@ INSTALLED_APPS = [
     "catalog",
     "workflows",
     "async_tasks",
+    "nocobase_site",  # the site's own checks (nocobase_site.E001)
 ]
 
 MIDDLEWARE = [
@@ -202,6 +205,15 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+# Behind HTTPS (README "Production settings"): redirect plain HTTP, except the probes, which
+# orchestrators send over HTTP inside the cluster; HSTS once the whole site is HTTPS.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0") or 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if env_bool("SECURE_PROXY_SSL_HEADER", False):  # TLS ends at a proxy that sets X-Forwarded-Proto
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -246,8 +246,35 @@ def check_claim_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any
     return errors
 
 
+#: Words of a token nobody replaced.
+_PLACEHOLDERS = ("change-me", "changeme", "change_me", "replace-me", "secret", "token", "example")
+
+
+@register(Tags.security)
+def check_metrics_token(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E012: WORKER_MODE_METRICS_TOKEN is set but anyone could guess it."""
+    token = conf.WORKER_MODE_METRICS_TOKEN
+    if not token:
+        return []  # metrics for staff sessions only
+    if len(token) >= 24 and not any(word in token.lower() for word in _PLACEHOLDERS):
+        return []
+    return [
+        Error(
+            "WORKER_MODE_METRICS_TOKEN is a placeholder or shorter than 24 characters.",
+            hint="Generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            id="worker_mode.E012",
+        )
+    ]
+
+
 def startup_errors() -> list[CheckMessage]:
     """The worker_mode errors that must stop a node from starting (used by gunicorn and wsgi)."""
-    messages = [*check_worker_mode(), *check_queues(), *check_process_settings(), *check_claim_settings()]
+    messages = [
+        *check_worker_mode(),
+        *check_queues(),
+        *check_process_settings(),
+        *check_claim_settings(),
+        *check_metrics_token(),
+    ]
     silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", []))
     return [m for m in messages if m.is_serious() and m.id not in silenced]

@@ -1,0 +1,142 @@
+"""The site's own guards: no public node on a secret everyone knows; production settings pass
+`check --deploy`; NUL in query strings."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from nocobase_site import checks as site_checks
+from tests.conftest import ROOT, check_error_codes, free_port, wait_until
+from worker_mode import checks
+
+STRONG = secrets.token_urlsafe(50)
+
+
+@pytest.mark.parametrize(
+    ("bind", "loopback"),
+    [
+        ("127.0.0.1:8000", True),
+        ("localhost:8000", True),
+        ("[::1]:8000", True),
+        ("127.0.0.2:80", True),
+        ("0.0.0.0:8000", False),
+        ("[::]:8000", False),
+        ("10.0.0.5:8000", False),
+        ("site.example:80", False),
+        ("unix:/run/site.sock", False),
+    ],
+)
+def test_which_binds_reach_only_this_machine(bind, loopback):
+    assert site_checks.is_loopback(bind) is loopback
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        (site_checks.DEFAULT_SECRET_KEY, "public laptop default"),
+        ("change-me", "placeholder"),
+        ("change-me-in-production-please-this-is-long-enough-now!", "placeholder"),
+        ("x" * 60, "fewer than 5 distinct"),
+        ("short-but-random-9f3K", "shorter than 50"),
+        (STRONG, ""),
+    ],
+)
+def test_weak_secrets_are_named(key, why):
+    assert why in site_checks.weak_secret(key) if why else site_checks.weak_secret(key) == ""
+
+
+def test_a_public_request_node_needs_a_real_secret(settings):
+    settings.SECRET_KEY = site_checks.DEFAULT_SECRET_KEY
+    assert check_error_codes(site_checks.secret_key_errors(["0.0.0.0:8000"])) == ["nocobase_site.E001"]
+    assert site_checks.secret_key_errors(["127.0.0.1:8000"]) == []  # a laptop
+    assert site_checks.secret_key_errors(["0.0.0.0:8000"], serves_requests=False) == []  # probes only
+    settings.SECRET_KEY = STRONG
+    assert site_checks.secret_key_errors(["0.0.0.0:8000", "unix:/run/s.sock"]) == []
+
+
+@pytest.mark.parametrize("token", ["change-me-too", "short", "my-secret-metrics-token-0123456789"])
+def test_a_guessable_metrics_token_is_refused(settings, token):
+    settings.WORKER_MODE_METRICS_TOKEN = token
+    assert check_error_codes(checks.check_metrics_token()) == ["worker_mode.E012"]
+    settings.WORKER_MODE_METRICS_TOKEN = secrets.token_urlsafe(32)
+    assert checks.check_metrics_token() == []
+
+
+def site_process_env(tmp_path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "WORKER_MODE", "SECURE", "SECRET"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="nocobase_site.settings",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'site.sqlite3'}",
+        VAR_DIR=str(tmp_path / "var"),
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )
+    return env
+
+
+def test_the_documented_production_settings_pass_check_deploy(tmp_path):
+    env = site_process_env(
+        tmp_path,
+        SECRET_KEY=STRONG,
+        ALLOWED_HOSTS="site.example",
+        CSRF_TRUSTED_ORIGINS="https://site.example",
+        SECURE_COOKIES="true",
+        SECURE_SSL_REDIRECT="true",
+        SECURE_PROXY_SSL_HEADER="true",
+        SECURE_HSTS_SECONDS="31536000",
+        SECURE_HSTS_INCLUDE_SUBDOMAINS="true",
+        SECURE_HSTS_PRELOAD="true",
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "System check identified no issues" in done.stdout
+
+
+def test_the_laptop_defaults_fail_check_deploy(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "check", "--deploy"],
+        cwd=ROOT, env=site_process_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "nocobase_site.E001" in done.stderr
+
+
+@pytest.mark.processes
+def test_gunicorn_refuses_to_serve_others_on_the_default_secret(tmp_path, redis_server):
+    env = site_process_env(tmp_path, REDIS_URL=redis_server)
+    public = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "nocobase_site" / "gunicorn.conf.py"),
+         "--bind", f"0.0.0.0:{free_port()}", "nocobase_site.wsgi:application"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert public.returncode != 0
+    assert "nocobase_site.E001: SECRET_KEY is not a secret (it is the public laptop default)" in public.stderr
+    # The same on loopback (a laptop): it starts.
+    port = free_port()
+    laptop = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "nocobase_site" / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{port}", "nocobase_site.wsgi:application"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        from tests.conftest import http_get
+
+        def up():
+            try:
+                return http_get(f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(up, timeout=30, interval=0.2)
+    finally:
+        laptop.terminate()
+        laptop.wait(30)
