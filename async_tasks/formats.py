@@ -11,8 +11,10 @@ import codecs
 import csv
 import io
 import re
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -207,15 +209,73 @@ def check_xlsx(raw: IO[bytes]) -> None:
         )
 
 
+class DiskStrings(Sequence[str]):
+    """A workbook's shared strings in a temporary file: memory holds 8 bytes per string.
+
+    openpyxl reads a sheet row by row (read-only mode), but loads the shared-string table
+    whole; a 17 MB workbook with 180 MB of shared strings took half a gigabyte. Here the
+    table is parsed as a stream and looked up on disk, so an import's memory stays flat.
+    """
+
+    def __init__(self, source: IO[bytes]) -> None:
+        from openpyxl.cell.text import Text
+        from openpyxl.xml.constants import SHEET_MAIN_NS
+        from openpyxl.xml.functions import iterparse
+
+        tag = f"{{{SHEET_MAIN_NS}}}si"
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the workbook)
+        self._offsets = array("Q", [0])
+        root = None
+        for event, node in iterparse(source, events=("start", "end")):
+            if root is None:
+                root = node
+            elif event == "end" and node.tag == tag:
+                text = Text.from_tree(node).content.replace("x005F_", "")
+                self._file.write(text.encode("utf-8", "surrogatepass"))
+                self._offsets.append(self._file.tell())
+                root.clear()  # drop the parsed entries: the tree never grows
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        start, end = self._offsets[index], self._offsets[index + 1]
+        self._file.seek(start)
+        return self._file.read(end - start).decode("utf-8", "surrogatepass")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _open_workbook(raw: IO[bytes]) -> Any:
+    """openpyxl's read-only workbook, with its shared strings on disk (``DiskStrings``)."""
+    from openpyxl.reader.excel import SHARED_STRINGS, ExcelReader
+
+    class Reader(ExcelReader):
+        def read_strings(self) -> None:
+            part = self.package.find(SHARED_STRINGS)
+            if part is not None:
+                with self.archive.open(part.PartName[1:]) as source:
+                    self.shared_strings = DiskStrings(source)
+
+    reader = Reader(raw, read_only=True, data_only=True)
+    reader.read()
+    book = reader.wb
+    book._disk_strings = reader.shared_strings  # closed with the book
+    return book
+
+
 class XlsxReader:
-    """Rows of one sheet of an XLSX workbook, read-only (streamed)."""
+    """Rows of one sheet of an XLSX workbook, read-only (streamed, shared strings on disk)."""
 
     def __init__(self, raw: IO[bytes], *, sheet: str | None = None) -> None:
-        import openpyxl
-
         check_xlsx(raw)
         try:
-            self._book = openpyxl.load_workbook(raw, read_only=True, data_only=True)
+            self._book = _open_workbook(raw)
         except Exception as exc:  # openpyxl raises many types for a damaged workbook
             raise FileRejected(f"The workbook cannot be opened: {exc}.") from None
         if sheet:
@@ -236,6 +296,9 @@ class XlsxReader:
 
     def close(self) -> None:
         self._book.close()
+        strings = getattr(self._book, "_disk_strings", None)
+        if isinstance(strings, DiskStrings):
+            strings.close()
 
 
 #: What ``neutralize`` guards: a text a spreadsheet would run as a formula, also behind apostrophes

@@ -59,3 +59,37 @@ def test_unknown_variables_and_bad_syntax_are_config_errors():
     with pytest.raises(ExpressionError, match="empty"):
         compile_check("  ")
     compile_check("{{ $jobs.a.b }} > 1 and {{ $context.data.x }} != 'y'")
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("'%0100000000d' % 1", "format width or precision above 1,000"),
+        ("f'{1:0100000000}'", "format width or precision above 1,000"),
+        ("['x' * 100000 for i in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]", "builds more than 1,000,000"),
+        ("[[i] * 90000 for i in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]]", "builds more than 1,000,000"),
+        ("(9 ** 400000) * (9 ** 400000)", "more than 10,000 digits"),
+        ("9 ** 4000000", "more than 10,000 digits"),
+        ("2 ** 40000 + 1", "more than 10,000 digits"),
+        ("(" * 250 + "1" + ")" * 250, "too many nested parentheses"),
+        ("not " * 2400 + "1", "nested too deeply"),
+        ("1" + "+1" * 20000, "at most 10,000"),
+        ("-" * 5000 + "1", "nested too deeply"),
+    ],
+)
+def test_expressions_are_bounded_and_every_failure_is_an_expression_error(expression, message):
+    with pytest.raises(ExpressionError, match=message):
+        evaluate(expression, SCOPE)
+
+
+@pytest.mark.parametrize("expression", ["(" * 300 + "1" + ")" * 300, "1" + "+1" * 20000, "'a\x00b'"])
+def test_bad_expressions_are_refused_when_saved(expression):
+    with pytest.raises(ExpressionError):
+        compile_check(expression)
+
+
+def test_ordinary_expressions_still_work():
+    assert evaluate("'%05.1f' % 3.14159", SCOPE) == "003.1"
+    assert evaluate("f'{2:>5}'", SCOPE) == "    2"
+    assert evaluate("len(['x' * 1000 for i in [1, 2, 3]])", SCOPE) == 3
+    assert evaluate("2 ** 100", SCOPE) == 2**100

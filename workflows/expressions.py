@@ -11,16 +11,30 @@ read as code.
 
 from __future__ import annotations
 
+import ast
 import datetime
 import functools
 import json
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from simpleeval import EvalWithCompoundTypes, InvalidExpression
+from simpleeval import EvalWithCompoundTypes, InvalidExpression, safe_add, safe_mult, safe_power
 
 from .exceptions import ExpressionError
+
+#: Longest expression text accepted (a deeper parse tree than this allows is refused too).
+MAX_EXPRESSION_LENGTH = 10_000
+#: Characters (or items) of text, lists and dicts one evaluation may build in all: a budget, so
+#: that neither a format width ("%0100000000d") nor a comprehension of long strings takes memory.
+MAX_BUILT = 1_000_000
+#: Digits of the largest integer an evaluation may compute (a result is stored with at most 4,300).
+MAX_INT_DIGITS = 10_000
+_MAX_INT_BITS = int(MAX_INT_DIGITS * 3.33)
+#: Width or precision of a format ("%5d", f"{x:.3f}") above this is refused.
+MAX_FORMAT_WIDTH = 1_000
+_FORMAT_NUMBERS = re.compile(r"(\d+)")
 
 ROOTS = ("$context", "$jobs", "$system")
 PLACEHOLDER = re.compile(r"\{\{\s*(\$[A-Za-z_]\w*(?:\.[\w-]+)*)\s*\}\}")
@@ -102,33 +116,148 @@ def _bind(expression: str, scope: dict[str, Any] | None) -> tuple[str, dict[str,
     return PLACEHOLDER.sub(substitute, expression), names
 
 
+def _shown(expression: str) -> str:
+    return repr(expression if len(expression) <= 200 else expression[:200] + "…")
+
+
 def compile_check(expression: str) -> None:
     """Raise ExpressionError if ``expression`` is not a valid expression (values are not needed)."""
     if not isinstance(expression, str) or not expression.strip():
         raise ExpressionError("The expression is empty.")
     check_placeholders(expression)
-    text, names = _bind(expression, None)
+    text, _ = _bind(expression, None)
+    _parsed(text, expression)
+
+
+def _parsed(text: str, expression: str) -> ast.AST:
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise ExpressionError(
+            f"The expression has {len(text):,} characters; at most {MAX_EXPRESSION_LENGTH:,}."
+        )
     try:
-        EvalWithCompoundTypes(names=names, functions=FUNCTIONS).parse(text)
-    except (SyntaxError, InvalidExpression) as exc:
-        raise ExpressionError(f"Invalid expression {expression!r}: {exc}") from None
+        return _parse(text)
+    except (SyntaxError, InvalidExpression, ValueError) as exc:
+        raise ExpressionError(f"Invalid expression {_shown(expression)}: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise ExpressionError(f"The expression {_shown(expression)} is nested too deeply.") from None
 
 
 #: A node's expression text is the same at every run (values are bound as names), so parse it once.
 _parse = functools.lru_cache(maxsize=1024)(EvalWithCompoundTypes.parse)
 
 
+def _size(value: Any) -> int:
+    if isinstance(value, str | bytes | list | tuple | dict | set):
+        return len(value)
+    return 0
+
+
+class _BoundedEval(EvalWithCompoundTypes):
+    """simpleeval, with one budget for everything an evaluation builds and bounded integers.
+
+    simpleeval bounds each repetition of a string (100,000 characters) and each comprehension
+    (10,000 items), but not ``%``/format widths, not what a comprehension of long strings adds
+    up to, and not the product of two huge integers.
+    """
+
+    def __init__(self, names: dict[str, Any]) -> None:
+        self._built = 0
+        functions = {name: self._counted(func) for name, func in FUNCTIONS.items()}
+        super().__init__(names=names, functions=functions)
+        self.operators.update(
+            {
+                ast.Add: self._counted(safe_add, self._check_add),
+                ast.Mult: self._counted(safe_mult, self._check_mult),
+                ast.Pow: self._counted(safe_power, self._check_power),
+                ast.Mod: self._counted(_mod),
+            }
+        )
+
+    def _spend(self, value: Any) -> Any:
+        self._built += _size(value)
+        if self._built > MAX_BUILT:
+            raise ExpressionError(f"The expression builds more than {MAX_BUILT:,} characters or items.")
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _MAX_INT_BITS:
+            raise ExpressionError(f"The expression computes a number of more than {MAX_INT_DIGITS:,} digits.")
+        return value
+
+    def _counted(
+        self, func: Callable[..., Any], check: Callable[..., None] | None = None
+    ) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            if check is not None:
+                check(*args)
+            return self._spend(func(*args, **kwargs))
+
+        return counted
+
+    @staticmethod
+    def _check_add(a: Any, b: Any) -> None:
+        if isinstance(a, int) and isinstance(b, int) and max(a.bit_length(), b.bit_length()) > _MAX_INT_BITS:
+            raise ExpressionError(f"The expression computes a number of more than {MAX_INT_DIGITS:,} digits.")
+
+    @staticmethod
+    def _check_mult(a: Any, b: Any) -> None:
+        if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > _MAX_INT_BITS:
+            raise ExpressionError(f"The expression computes a number of more than {MAX_INT_DIGITS:,} digits.")
+
+    @staticmethod
+    def _check_power(a: Any, b: Any) -> None:
+        huge = isinstance(a, int) and isinstance(b, int) and b > 0 and a.bit_length() * b > _MAX_INT_BITS
+        if huge and abs(a) > 1:
+            raise ExpressionError(f"The expression computes a number of more than {MAX_INT_DIGITS:,} digits.")
+
+    def _eval_formattedvalue(self, node: Any) -> Any:
+        if node.format_spec:
+            spec = str(self._eval(node.format_spec))
+            _check_widths(spec)
+            return self._spend(("{:" + spec + "}").format(self._eval(node.value)))
+        return self._eval(node.value)
+
+    def _eval_joinedstr(self, node: Any) -> Any:
+        return self._spend(super()._eval_joinedstr(node))
+
+    def _eval_comprehension(self, node: Any) -> Any:
+        return self._spend(super()._eval_comprehension(node))
+
+    def _eval_list(self, node: Any) -> Any:
+        return self._spend(super()._eval_list(node))
+
+    def _eval_dict(self, node: Any) -> Any:
+        return self._spend(super()._eval_dict(node))
+
+
+def _check_widths(spec: str) -> None:
+    if any(int(number) > MAX_FORMAT_WIDTH for number in _FORMAT_NUMBERS.findall(spec)):
+        raise ExpressionError(f"A format width or precision above {MAX_FORMAT_WIDTH:,} is not allowed.")
+
+
+def _mod(a: Any, b: Any) -> Any:
+    if isinstance(a, str):  # "%5d" % x: printf-style formatting, whose widths are checked first
+        _check_widths(a)
+    return a % b
+
+
 def evaluate(expression: str, scope: dict[str, Any]) -> Any:
     """Evaluate ``expression`` with its placeholders bound to values from ``scope``."""
     check_placeholders(expression)
     text, names = _bind(expression, scope)
+    parsed = _parsed(text, expression)
     try:
-        evaluator = EvalWithCompoundTypes(names=names, functions=FUNCTIONS)
-        return jsonable(evaluator.eval(text, previously_parsed=_parse(text)))
+        return jsonable(_BoundedEval(names).eval(text, previously_parsed=parsed))
     except ExpressionError:
         raise
+    except RecursionError:
+        raise ExpressionError(f"The expression {_shown(expression)} is nested too deeply.") from None
+    except MemoryError:
+        raise ExpressionError(
+            f"The expression {_shown(expression)} needs more memory than there is."
+        ) from None
     except Exception as exc:  # simpleeval raises many kinds; all mean "this expression failed"
-        raise ExpressionError(f"Expression {expression!r} failed: {type(exc).__name__}: {exc}") from None
+        raise ExpressionError(
+            f"Expression {_shown(expression)} failed: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def jsonable(value: Any) -> Any:
