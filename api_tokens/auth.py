@@ -88,6 +88,7 @@ def api_view(
                 return error(403, f"Permission {permission} required.")
             return view(request, *args, **kwargs)
 
+        wrapper.allowed_methods = methods  # read by the OpenAPI document's test
         return wrapper
 
     return decorate

@@ -21,7 +21,7 @@ from worker_mode import storable
 
 from . import exporter, storage, tasks
 from .conf import conf
-from .exceptions import AsyncTaskError
+from .exceptions import AsyncTaskError, FileRejected
 from .importer import Mode
 from .models import AsyncTask
 from .spec import ModelSpec, get_spec
@@ -92,8 +92,17 @@ def _limit_upload(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
     return wrapper
 
 
-def _flag(value: Any) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A yes/no form field; AsyncTaskError (a 400) for anything else."""
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise FileRejected(
+        f"'{name}' must be true or false (1/0, yes/no, on/off), not {storable.text(value, 40)!r}."
+    )
 
 
 @_limit_upload
@@ -125,7 +134,7 @@ def start_import(request: HttpRequest, label: str) -> JsonResponse:
             encoding=request.POST.get("encoding") or None,
             delimiter=request.POST.get("delimiter") or None,
             sheet=request.POST.get("sheet") or None,
-            fire_workflows=_flag(request.POST.get("fire_workflows", "")),
+            fire_workflows=_flag("fire_workflows", request.POST.get("fire_workflows", "")),
         )
     except AsyncTaskError as exc:
         return error(400, str(exc))
@@ -149,17 +158,22 @@ def start_export(request: HttpRequest, label: str) -> JsonResponse:
     fields = body.get("fields")
     if fields is not None and (not isinstance(fields, list) or not all(isinstance(f, str) for f in fields)):
         return error(400, "'fields' must be a list of field names.")
-    raw_filters = body.get("filters") or {}
+    raw_filters = body.get("filters")
+    if raw_filters is None:
+        raw_filters = {}
     if not isinstance(raw_filters, dict):
         return error(400, "'filters' must be an object of changelist parameters.")
     filters = []
     for key, value in raw_filters.items():
-        for item in value if isinstance(value, list) else [value]:
-            filters.append([str(key), str(item)])
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) for item in items):
+            return error(400, f"Filter {storable.text(key, 60)!r} must be text or a list of texts.")
+        filters.extend([key, item] for item in items)
+    fmt = body.get("format")
+    if fmt is not None and not isinstance(fmt, str):
+        return error(400, "'format' must be 'csv' or 'xlsx'.")
     try:
-        task = tasks.create_export(
-            request.user, spec.label, fmt=str(body.get("format") or "csv"), fields=fields, filters=filters
-        )
+        task = tasks.create_export(request.user, spec.label, fmt=fmt or "csv", fields=fields, filters=filters)
     except AsyncTaskError as exc:
         return error(400, str(exc))
     return JsonResponse(task_json(task), status=202)
@@ -176,7 +190,10 @@ def task_list(request: HttpRequest) -> JsonResponse:
                 shown = storable.text(value, 40)
                 return error(400, f"Unknown {name} {shown!r}; use one of: {', '.join(choices)}.")
             tasks_ = tasks_.filter(**{name: value})
-    page = Paginator(tasks_, 50).get_page(request.GET.get("page"))
+    number = request.GET.get("page") or "1"
+    if not number.isdigit() or int(number) < 1:
+        return error(400, f"'page' must be a whole number from 1, not {storable.text(number, 40)!r}.")
+    page = Paginator(tasks_, 50).get_page(number)
     return JsonResponse(
         {
             "results": [task_json(t) for t in page],
@@ -216,7 +233,10 @@ def task_download(request: HttpRequest, pk: int) -> HttpResponse:
     task = _task_or_404(request, pk)
     if task is None:
         return error(404, f"No task {pk}.")
-    return download_response(task, errors=request.GET.get("file") == "errors")
+    which = request.GET.get("file")
+    if which not in (None, "errors"):
+        return error(400, "'file' is 'errors' (the import's error report), or absent (the export).")
+    return download_response(task, errors=which == "errors")
 
 
 def download_response(task: AsyncTask, *, errors: bool = False) -> HttpResponse:
@@ -252,7 +272,7 @@ def template(request: HttpRequest, label: str) -> HttpResponse:
         return error(404, str(exc))
     if not any(can_import(request.user, spec, mode) for mode in (Mode.INSERT, Mode.UPDATE_ONLY)):
         return error(403, f"You may not import into {spec.label}.")
-    return template_response(spec, request.GET.get("format") or "csv")
+    return template_response(spec, request.GET.get("format", "csv"))
 
 
 def template_response(spec: ModelSpec, fmt: str) -> HttpResponse:

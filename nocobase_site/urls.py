@@ -2,9 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 
 from . import views
+from .openapi import openapi_json
+
+handler404 = views.not_found
+handler500 = views.server_error
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("api/openapi.json", openapi_json, name="openapi"),
     path("", include("worker_mode.urls")),
     path("", include("workflows.urls")),
     path("", include("async_tasks.urls")),
