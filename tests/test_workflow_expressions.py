@@ -82,7 +82,9 @@ def test_expressions_are_bounded_and_every_failure_is_an_expression_error(expres
         evaluate(expression, SCOPE)
 
 
-@pytest.mark.parametrize("expression", ["(" * 300 + "1" + ")" * 300, "1" + "+1" * 20000, "'a\x00b'"])
+@pytest.mark.parametrize(
+    "expression", ["(" * 300 + "1" + ")" * 300, "1" + "+1" * 20000, "'a\x00b'", "1; 2", "x = 1", "import os"]
+)
 def test_bad_expressions_are_refused_when_saved(expression):
     with pytest.raises(ExpressionError):
         compile_check(expression)

@@ -142,8 +142,13 @@ def _parsed(text: str, expression: str) -> ast.AST:
         raise ExpressionError(f"The expression {_shown(expression)} is nested too deeply.") from None
 
 
-#: A node's expression text is the same at every run (values are bound as names), so parse it once.
-_parse = functools.lru_cache(maxsize=1024)(EvalWithCompoundTypes.parse)
+@functools.lru_cache(maxsize=1024)
+def _parse(text: str) -> ast.AST:
+    """A node's expression text is the same at every run (values are bound as names): parsed once."""
+    tree = ast.parse(text.strip())
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr):
+        raise InvalidExpression("write one expression (no ';', no assignment, no statement)")
+    return EvalWithCompoundTypes.parse(text)
 
 
 def _size(value: Any) -> int:
