@@ -251,9 +251,83 @@ class DiskStrings(Sequence[str]):
         self._file.close()
 
 
+def _flat_sheet_class() -> type:
+    """openpyxl 3.1's read-only worksheet, reading rows without keeping any (see ``parse``).
+
+    openpyxl's sheet parser clears each row it has read but leaves the emptied element in the
+    sheet's tree: about 90 bytes a row, 80 MB for 900,000 rows. These two overrides are
+    openpyxl 3.1's ``WorkSheetParser.parse`` (rows only: the read-only values need nothing
+    else) and ``ReadOnlyWorksheet._cells_by_row`` (unchanged but for the parser), pinned to
+    ``openpyxl>=3.1,<3.2``; ``tests/test_async_import.py`` compares their rows with openpyxl's.
+    """
+    from openpyxl.worksheet._read_only import ReadOnlyWorksheet
+    from openpyxl.worksheet._reader import ROW_TAG, WorkSheetParser
+    from openpyxl.xml.constants import SHEET_MAIN_NS
+    from openpyxl.xml.functions import iterparse
+
+    sheet_data_tag = f"{{{SHEET_MAIN_NS}}}sheetData"
+
+    class FlatParser(WorkSheetParser):
+        def parse(self) -> Iterator[Any]:
+            sheet_data = None
+            for event, element in iterparse(self.source, events=("start", "end")):
+                if event == "start":
+                    if element.tag == sheet_data_tag:
+                        sheet_data = element
+                elif element.tag == ROW_TAG:
+                    row = self.parse_row(element)
+                    if sheet_data is not None:
+                        sheet_data.clear()  # the rows read so far, gone from the tree
+                    else:
+                        element.clear()
+                    yield row
+
+    class FlatSheet(ReadOnlyWorksheet):
+        def _cells_by_row(self, min_col, min_row, max_col, max_row, values_only=False):  # noqa: ANN001
+            filler = None if values_only else openpyxl_empty_cell()
+            max_col = max_col or self.max_column
+            max_row = max_row or self.max_row
+            empty_row: tuple = ()
+            if max_col is not None:
+                empty_row = (filler,) * (max_col + 1 - min_col)
+            counter = min_row
+            idx = 1
+            with self._get_source() as src:
+                parser = FlatParser(
+                    src,
+                    self._shared_strings,
+                    data_only=self.parent.data_only,
+                    epoch=self.parent.epoch,
+                    date_formats=self.parent._date_formats,
+                    timedelta_formats=self.parent._timedelta_formats,
+                )
+                for idx, row in parser.parse():
+                    if max_row is not None and idx > max_row:
+                        break
+                    for _ in range(counter, idx):  # some rows are missing
+                        counter += 1
+                        yield empty_row
+                    if counter <= idx:
+                        row = self._get_row(row, min_col, max_col, values_only)
+                        counter += 1
+                        yield row
+            if max_row is not None and max_row < idx:
+                for _ in range(counter, max_row + 1):
+                    yield empty_row
+
+    return FlatSheet
+
+
+def openpyxl_empty_cell() -> Any:
+    from openpyxl.cell.read_only import EMPTY_CELL
+
+    return EMPTY_CELL
+
+
 def _open_workbook(raw: IO[bytes]) -> Any:
-    """openpyxl's read-only workbook, with its shared strings on disk (``DiskStrings``)."""
+    """openpyxl's read-only workbook: shared strings on disk (``DiskStrings``), rows not kept."""
     from openpyxl.reader.excel import SHARED_STRINGS, ExcelReader
+    from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
     class Reader(ExcelReader):
         def read_strings(self) -> None:
@@ -265,6 +339,10 @@ def _open_workbook(raw: IO[bytes]) -> Any:
     reader = Reader(raw, read_only=True, data_only=True)
     reader.read()
     book = reader.wb
+    flat = _flat_sheet_class()
+    for sheet in book.worksheets:
+        if type(sheet) is ReadOnlyWorksheet:
+            sheet.__class__ = flat
     book._disk_strings = reader.shared_strings  # closed with the book
     return book
 

@@ -70,7 +70,8 @@ def write_workbook(path: Path, rows: int) -> tuple[int, int]:
             strings.write(b"</sst>")
         with book.open("xl/worksheets/sheet1.xml", "w") as sheet:
             sheet.write(
-                f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{MAIN}"><sheetData>'.encode()
+                f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{MAIN}">'
+                f'<dimension ref="A1:D{rows + 1}"/><sheetData>'.encode()  # as Excel writes it
             )
             sheet.write(
                 b'<row r="1">' + b"".join(f'<c t="s"><v>{n}</v></c>'.encode() for n in range(4)) + b"</row>"

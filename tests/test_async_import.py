@@ -481,3 +481,42 @@ def test_unknown_encodings_are_refused():
         tasks.create_import(
             None, "catalog.Product", io.BytesIO(product_csv(1)), name="p.csv", encoding="nope"
         )
+
+
+def test_the_flat_xlsx_reader_gives_openpyxls_rows():
+    # formats overrides two openpyxl 3.1 internals (rows read are not kept, shared strings on
+    # disk): the rows must be exactly openpyxl's, or a new openpyxl changed what they copy.
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["sku", "name", "price", "when", "flag"])
+    sheet.append(["A", "Café ☕", 1.5, datetime.datetime(2024, 5, 1, 8, 30), True])
+    sheet.append([None, "", 0, datetime.date(2024, 1, 2), False])
+    sheet.cell(row=6, column=3, value=42)  # rows 4 and 5 missing
+    sheet.cell(row=7, column=1, value="=A1")  # a formula, read as text (data_only has no value)
+    sheet["B8"] = "x" * 5000
+    out = io.BytesIO()
+    book.save(out)
+    plain = openpyxl.load_workbook(io.BytesIO(out.getvalue()), read_only=True, data_only=True)
+    expected = list(plain.active.values)
+    reader = formats.XlsxReader(io.BytesIO(out.getvalue()))
+    assert type(reader._sheet).__name__ == "FlatSheet"
+    ours = [reader.header, *(row for _, row in reader)]
+    reader.close()
+    assert ours == [["" if v is None else v for v in row] for row in expected]
+    assert ours[0] == ["sku", "name", "price", "when", "flag"]
+
+
+def test_shared_strings_are_read_from_disk():
+    import xlsxwriter  # writes a shared-string table, as Excel does (openpyxl writes inline strings)
+
+    out = io.BytesIO()
+    book = xlsxwriter.Workbook(out)
+    sheet = book.add_worksheet("Sheet1")
+    for number, row in enumerate([["sku", "name", "price"], *([f"S{i}", f"name {i}", 1] for i in range(50))]):
+        sheet.write_row(number, 0, row)
+    book.close()
+    reader = formats.XlsxReader(io.BytesIO(out.getvalue()), sheet="Sheet1")
+    assert isinstance(reader._book._disk_strings, formats.DiskStrings)
+    assert len(reader._book._disk_strings) >= 100 and reader._book._disk_strings[-1].startswith("name ")
+    assert [row[1] for _, row in reader][:2] == ["name 0", "name 1"]
+    reader.close()
