@@ -168,6 +168,10 @@ def test_metrics_for_autoscalers(client, settings, redis_conn):
     assert 'rq_jobs{queue="async-task:process",status="queued"} 2.0' in lines  # django-rq's collector
     staff = User.objects.create_user("ops", password="pw-ops-12345", is_staff=True)
     client.force_login(staff)
+    assert client.get("/metrics").status_code == 401  # staff, but not allowed to see the cluster
+    from django.contrib.auth.models import Permission
+
+    staff.user_permissions.add(Permission.objects.get(codename="view_cluster"))
     assert client.get("/metrics").status_code == 200
 
 

@@ -10,7 +10,8 @@ the Prometheus text format with django-rq's collector (``rq_jobs{queue,status}``
 - ``worker_mode_service_uncovered{service}``: 1 when jobs wait and no node serves the key;
 - ``worker_mode_node_processes{node,role}``: live node processes by role.
 
-Access: ``Authorization: Bearer <WORKER_MODE_METRICS_TOKEN>`` or a staff session.
+Access: ``Authorization: Bearer <WORKER_MODE_METRICS_TOKEN>`` or a staff session with
+``worker_mode.view_cluster`` (as the Cluster page).
 """
 
 from __future__ import annotations
@@ -84,14 +85,20 @@ def _authorized(request: HttpRequest) -> bool:
     if token and scheme.lower() == "bearer" and compare_digest(given.strip().encode(), token.encode()):
         return True
     user = getattr(request, "user", None)
-    return bool(user is not None and user.is_active and user.is_staff)
+    # As the Cluster page: staff with worker_mode.view_cluster (superusers have it).
+    return bool(
+        user is not None and user.is_active and user.is_staff and user.has_perm("worker_mode.view_cluster")
+    )
 
 
 @never_cache
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _authorized(request):
         return JsonResponse(
-            {"error": "Send 'Authorization: Bearer <WORKER_MODE_METRICS_TOKEN>' or log in as staff."},
+            {
+                "error": "Send 'Authorization: Bearer <WORKER_MODE_METRICS_TOKEN>', or log in as staff "
+                "with the worker_mode.view_cluster permission."
+            },
             status=401,
         )
     encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
