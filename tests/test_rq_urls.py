@@ -80,3 +80,11 @@ def test_the_cluster_page_links_each_key_to_its_own_queue(queued):
         response = staff("view_cluster").get(link)
         assert response.status_code == 200 and name in response.content.decode()
     assert _queue_links()[WF] == f"/django-rq/queues/{queued}/"
+
+
+def test_the_dashboard_and_its_stats_need_view_cluster(queued):
+    assert staff().get("/django-rq/").status_code == 403
+    assert staff().get("/django-rq/stats.json").status_code == 403
+    viewer = staff("view_cluster")
+    assert viewer.get("/django-rq/").status_code == 200
+    assert viewer.get("/django-rq/stats.json").status_code == 200

@@ -9,7 +9,8 @@ empty, requeue, delete, enqueue, stop, bulk actions — ``worker_mode.control_qu
     path("django-rq/", include("worker_mode.rq_urls")),
 
 It keeps django-rq's namespace, so ``reverse("django_rq:jobs", ...)`` works. django-rq's
-token-authenticated ``stats.json`` and ``metrics`` are left out: ``/metrics`` serves both.
+``stats.json`` and ``metrics`` are viewing too: they need a session with
+``worker_mode.view_cluster`` here (scrapers use worker_mode's own ``/metrics`` and its token).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern
-from django_rq.urls import get_admin_urlpatterns
+from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
 
 VIEW_PERMISSION = "worker_mode.view_cluster"
 CONTROL_PERMISSION = "worker_mode.control_queues"
@@ -61,5 +62,5 @@ def permission_for(name: str | None) -> str:
 app_name = "django_rq"
 urlpatterns = [
     URLPattern(p.pattern, guarded(p.callback, permission_for(p.name)), p.default_args, p.name)
-    for p in get_admin_urlpatterns()
+    for p in [*get_api_urlpatterns(), *get_admin_urlpatterns()]
 ]
