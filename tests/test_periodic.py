@@ -143,3 +143,32 @@ def test_the_lost_message_check_repeats_soon_after_a_forced_run(redis_conn, sett
     now[0] = 112.0
     assert "worker_mode.claims.sweep_lost(workflow:process)" in runner.run_due()
     assert runner.next_run["worker_mode.claims.sweep_lost(workflow:process)"] == 142.0  # then every 30 s
+
+
+def test_redis_down_is_said_once_then_slowly_and_its_return_is_said(
+    periodic_service, settings, redis_server, caplog, monkeypatch
+):
+    from worker_mode import periodic
+
+    now = [1000.0]
+    monkeypatch.setattr(periodic, "_clock", lambda: now[0])
+    task = PeriodicTask(f"{__name__}.record", every=1)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    with caplog.at_level(logging.WARNING, logger="worker_mode.periodic"):
+        for _ in range(30):  # half a minute of retries every second: one warning
+            assert run_locked("test:periodic", task) is None
+            now[0] += 1
+        assert len(caplog.records) == 1
+        assert "test:periodic skipped" in caplog.records[0].getMessage()
+        now[0] += 31  # a minute after the first warning: said again, with how long
+        assert run_locked("test:periodic", task) is None
+        assert len(caplog.records) == 2
+        assert "unavailable for 61 s" in caplog.records[1].getMessage()
+        settings.REDIS_URL = redis_server
+        now[0] += 5
+        assert run_locked("test:periodic", task) is True
+        assert len(caplog.records) == 3
+        assert "is back after 66 s" in caplog.records[2].getMessage()
+        assert run_locked("test:periodic", task) is True
+    assert len(caplog.records) == 3  # said once
+    assert CALLS == ["ran", "ran"]

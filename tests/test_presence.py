@@ -10,6 +10,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from tests.conftest import free_port, wait_for_http, wait_until
 from worker_mode import coverage, enqueue, presence
@@ -106,14 +107,15 @@ def test_workermode_cluster_lists_nodes_services_and_uncovered_keys(redis_conn):
     redis_conn.rpush("rq:queue:async-task:process", "job")
     heartbeat = presence.announce("workers", processes=2, services=["workflow:process"])
     try:
-        out, err = StringIO(), StringIO()
-        call_command("workermode", "--cluster", stdout=out, stderr=err)
+        out = StringIO()
+        with pytest.raises(CommandError, match="^Uncovered service keys: async-task:process$"):
+            call_command("workermode", "--cluster", stdout=out)
         text = out.getvalue()
         assert "Live node processes: 1" in text and "workers" in text and "x2" in text
         assert "async-task:process     queued 1" in text and "UNCOVERED" in text
-        assert err.getvalue().strip() == "Uncovered service keys: async-task:process"
         out = StringIO()
-        call_command("workermode", "--cluster", "--json", stdout=out)
+        with pytest.raises(CommandError):
+            call_command("workermode", "--cluster", "--json", stdout=out)
         report = json.loads(out.getvalue())
         assert report["uncovered"] == ["async-task:process"]
         assert [e["role"] for e in report["entries"]] == ["workers"]
@@ -195,3 +197,20 @@ def test_the_cluster_admin_page(client, redis_conn):
     assert '<a href="/django-rq/queues/0/">queue</a>' in html
     assert "<td>workers</td>" in html and "workflow:process" in html
     assert b"Cluster" in client.get("/admin/").content  # listed on the index
+
+
+def test_workermode_cluster_exits_non_zero_while_a_key_is_uncovered(redis_conn):
+
+    from worker_mode.management.commands.workermode import UNCOVERED_EXIT
+
+    out = StringIO()
+    call_command("workermode", "--cluster", stdout=out)  # nothing queued: exit 0
+    redis_conn.rpush("rq:queue:workflow:process", "job")
+    coverage.forget()
+    for args in (["--cluster"], ["--cluster", "--json"]):
+        out = StringIO()
+        with pytest.raises(CommandError) as raised:
+            call_command("workermode", *args, stdout=out)
+        assert raised.value.returncode == UNCOVERED_EXIT == 3
+        assert "workflow:process" in str(raised.value)
+        assert "workflow:process" in out.getvalue()  # the report is printed before the exit

@@ -61,9 +61,42 @@ class PeriodicRunner:
 
 
 _unlocked: set[str] = set()
+#: Redis of a service key that did not answer: since when, and when that was last said.
+_down_since: dict[str, float] = {}
+_last_warned: dict[str, float] = {}
+#: While Redis stays down, the warning is repeated at most this often (seconds).
+REDIS_WARN_EVERY = 60.0
+_clock = time.monotonic
 #: A task skipped because Redis did not answer is tried again after this many seconds, so the
 #: work it does (e.g. enqueueing again what Redis lost) starts soon after Redis is back.
 REDIS_RETRY = 2.0
+
+
+def _redis_down(key: str, task: PeriodicTask, exc: Exception) -> None:
+    """Say once that Redis is down, then every REDIS_WARN_EVERY seconds, not at every retry."""
+    now = _clock()
+    since = _down_since.setdefault(key, now)
+    if now - _last_warned.get(key, -REDIS_WARN_EVERY) < REDIS_WARN_EVERY:
+        return
+    _last_warned[key] = now
+    if now == since:
+        logger.warning(
+            "Periodic tasks of %s skipped (first: %s): Redis is unavailable (%s); retrying every %.0f s",
+            key, task.name, exc, REDIS_RETRY,
+        )  # fmt: skip
+    else:
+        logger.warning(
+            "Periodic tasks of %s still skipped: Redis unavailable for %.0f s (%s)", key, now - since, exc
+        )
+
+
+def _redis_up(key: str) -> None:
+    since = _down_since.pop(key, None)
+    _last_warned.pop(key, None)
+    if since is not None:
+        logger.warning(
+            "Redis for %s is back after %.0f s: its periodic tasks run again", key, _clock() - since
+        )
 
 
 def run_locked(key: str, task: PeriodicTask) -> bool | None:
@@ -84,9 +117,10 @@ def run_locked(key: str, task: PeriodicTask) -> bool | None:
                 )  # fmt: skip
                 _unlocked.add(task.name)
             return _run(task)
-        logger.warning("Periodic task %s skipped: Redis for %s is unavailable (%s)", task.name, key, exc)
+        _redis_down(key, task, exc)
         return None
     _unlocked.discard(task.name)
+    _redis_up(key)
     try:
         return _run(task)
     finally:

@@ -10,12 +10,17 @@ from redis import RedisError
 from worker_mode import node
 from worker_mode.coverage import cluster_report
 
+#: ``--cluster`` exits with this when a service key has queued work and no live node serves it
+#: (1 is a failure to read the cluster at all).
+UNCOVERED_EXIT = 3
+
 
 class Command(BaseCommand):
     help = (
         "Show what this node serves: HTTP requests, background services and their queues. "
         "With --cluster: the live nodes of the whole cluster, queue depths, failed jobs and "
-        "service keys with queued work that no live node serves."
+        "service keys with queued work that no live node serves; it exits with 3 when there are any "
+        "(1 when Redis cannot be read), so scripts and monitors can act on it."
     )
 
     def add_arguments(self, parser: Any) -> None:
@@ -50,7 +55,15 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot read the cluster from Redis: {exc}") from None
         if as_json:
             self.stdout.write(json.dumps(report, indent=2))
-            return
+        else:
+            self._print_cluster(report)
+        if report["uncovered"]:
+            # Non-zero, so scripts and monitors can act on it (the report is printed first).
+            raise CommandError(
+                f"Uncovered service keys: {', '.join(report['uncovered'])}", returncode=UNCOVERED_EXIT
+            )
+
+    def _print_cluster(self, report: dict) -> None:
         entries = report["entries"]
         self.stdout.write(f"Live node processes: {len(entries)}")
         for e in entries:
@@ -71,5 +84,4 @@ class Command(BaseCommand):
                 f"  {row['key']:<22} queued {row['queued']:<6} running {row['running']:<4} "
                 f"failed {row['failed']:<5} nodes {nodes}{flag}"
             )
-        if report["uncovered"]:
-            self.stderr.write(f"Uncovered service keys: {', '.join(report['uncovered'])}")
+
