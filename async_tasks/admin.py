@@ -28,7 +28,7 @@ class AsyncTaskAdmin(admin.ModelAdmin):
         "kind",
         "model",
         "owner",
-        "status",
+        "status_text",
         "progress",
         "summary_text",
         "files",
@@ -63,6 +63,34 @@ class AsyncTaskAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: AsyncTask | None = None) -> bool:
         return False
+
+    @admin.display(description="status", ordering="status")
+    def status_text(self, task: AsyncTask) -> str:
+        """ "Succeeded, 40 rows failed" with the report, and a failed task's reason, at a glance."""
+        label = task.get_status_display().capitalize()
+        failed_rows = (task.summary or {}).get("failed") or 0
+        download = reverse("admin:async_tasks_asynctask_download", args=[task.pk])
+        if task.status == AsyncTask.Status.SUCCEEDED and failed_rows:
+            rows = "row" if failed_rows == 1 else "rows"
+            text = format_html(
+                '<span class="task-status task-warning">{}, {} {} failed</span>',
+                label,
+                f"{failed_rows:,}",
+                rows,
+            )
+            if task.error_file:
+                text += format_html(' <a href="{}?file=errors">report</a>', download)
+            return text
+        if task.status == AsyncTask.Status.FAILED:
+            reason = task.error.splitlines()[0] if task.error else "no reason recorded"
+            if len(reason) > 160:
+                reason = reason[:159] + "…"
+            return format_html(
+                '<span class="task-status task-failed">{}</span><div class="task-reason">{}</div>',
+                label,
+                reason,
+            )
+        return format_html('<span class="task-status task-{}">{}</span>', task.status, label)
 
     @admin.display(description="progress")
     def progress(self, task: AsyncTask) -> str:

@@ -299,3 +299,32 @@ def test_checks_are_bound(settings):
     settings.ASYNC_TASKS_BATCH_SIZE = "many"
     with pytest.raises(Exception, match="async_tasks.E004"):
         call_command("check")
+
+
+def test_the_task_list_says_how_many_rows_failed_and_why_a_task_failed():
+    client = admin_client("view_product", "add_product", "view_asynctask")
+    client.post(
+        "/admin/catalog/product/import/",
+        {
+            "file": SimpleUploadedFile("p.csv", product_csv(3) + b"BAD-1,Broken,x,1,true,2024-01-01\n"),
+            "mode": "insert",
+        },
+    )
+    staffer = User.objects.get(username="staffer")
+    failed = AsyncTask.objects.create(
+        kind="import", model="catalog.Product", format="csv", owner=staffer, status="failed",
+        error="The file has no header row.\nTraceback lines nobody needs here",
+    )  # fmt: skip
+    drain("async-task:process")
+    task = AsyncTask.objects.get(kind="import", status="succeeded")
+    html = client.get("/admin/async_tasks/asynctask/").content.decode()
+    assert (
+        "Succeeded, 1 row failed</span> "
+        f'<a href="/admin/async_tasks/asynctask/{task.pk}/download/?file=errors">report</a>' in html
+    )
+    assert (
+        '<span class="task-status task-failed">Failed</span>'
+        '<div class="task-reason">The file has no header row.</div>' in html
+    )
+    assert "Traceback lines" not in html  # the first line is the reason; the page has the rest
+    assert client.get(f"/admin/async_tasks/asynctask/{failed.pk}/change/").status_code == 200

@@ -187,12 +187,19 @@ def test_the_cluster_admin_page(client, redis_conn):
     user.user_permissions.add(Permission.objects.get(codename="view_cluster"))
     redis_conn.rpush("rq:queue:async-task:process", "job")
     heartbeat = presence.announce("workers", processes=2, services=["workflow:process"])
+    http = presence.announce("http", services=[])
     try:
         page = client.get("/admin/worker_mode/cluster/")
     finally:
         heartbeat.stop()
+        http.stop()
     assert page.status_code == 200
     html = page.content.decode()
+    assert (
+        "<td>requests</td>" in html
+        and "+ requests" not in html
+        and "<td>requests, workflow:process</td>" in html
+    )
     assert 'id="cluster-uncovered"' in html and "async-task:process" in html
     assert '<a href="/django-rq/queues/0/">queue</a>' in html
     assert "<td>workers</td>" in html and "workflow:process" in html
@@ -200,7 +207,6 @@ def test_the_cluster_admin_page(client, redis_conn):
 
 
 def test_workermode_cluster_exits_non_zero_while_a_key_is_uncovered(redis_conn):
-
     from worker_mode.management.commands.workermode import UNCOVERED_EXIT
 
     out = StringIO()
