@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run test lint format bench bench-workflows bench-import-export bench-isolation cluster clean
+.PHONY: install run stop test lint format bench bench-workflows bench-import-export bench-isolation cluster clean
 
 install: $(STAMP)
 
@@ -29,7 +29,11 @@ run: install
 	@echo "  Demo:                  add an Order in the admin; see Workflows > Executions"
 	@echo
 	WORKFLOWS_HTTP_ALLOWED_NETWORKS="$${WORKFLOWS_HTTP_ALLOWED_NETWORKS:-127.0.0.1}" \
-		exec $(PY) manage.py runnode --bind 127.0.0.1:$(PORT)
+		scripts/run_node.sh $(PY) manage.py runnode --bind 127.0.0.1:$(PORT)
+
+# Stops the private redis-server `make run` started (when none answered at REDIS_URL).
+stop:
+	scripts/ensure_redis.sh stop
 
 test: install
 	scripts/ensure_redis.sh install

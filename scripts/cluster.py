@@ -9,30 +9,51 @@ with a warm shutdown.
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = [("node1", "!", 8000), ("node2", "workflow:process", 8001), ("node3", "async-task:process", 8002)]
 
 
 def database_url() -> str:
+    """DATABASE_URL, its database created if missing; any URL Django accepts, sockets included."""
     url = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/nocobase_cluster"
     if not url.startswith("postgres"):
         return url
+    import dj_database_url
     import psycopg
+    from psycopg import sql
 
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    server = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(server, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+    config = dj_database_url.parse(url)
+    name = config["NAME"]
+    params = {
+        "dbname": "postgres",  # the maintenance database, to create the cluster's one
+        "host": config.get("HOST") or None,  # empty: the local socket
+        "port": config.get("PORT") or None,
+        "user": config.get("USER") or None,  # empty: the operating-system user's role
+        "password": config.get("PASSWORD") or None,
+        **{k: v for k, v in config.get("OPTIONS", {}).items() if isinstance(v, str)},
+    }
+    try:
+        with psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        role = params.get("user") or getpass.getuser()
+        sys.exit(
+            f"error: cannot reach PostgreSQL at {url} as role {role!r} to create database {name!r}:\n"
+            f"  {str(exc).strip()}\n"
+            "  A URL without a user connects as the operating-system user's role. Name a role that may\n"
+            "  create databases, e.g. DATABASE_URL=postgres://postgres@/nocobase_cluster (socket) or\n"
+            "  postgres://postgres@127.0.0.1:5432/nocobase_cluster (TCP), or create the role:\n"
+            f"  sudo -u postgres createuser --createdb {role}"
+        )
     return url
 
 

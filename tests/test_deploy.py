@@ -138,3 +138,67 @@ def test_the_dockerfile_runs_runnode_and_stops_warmly():
     assert 'CMD ["python", "manage.py", "runnode"]' in text
     assert "STOPSIGNAL SIGTERM" in text and "USER site" in text
     assert "/healthz" in text
+
+
+def _cluster_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_script", DEPLOY.parent / "scripts" / "cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres:///shop", {"dbname": "postgres"}),  # the socket, as the OS user
+        ("postgres://postgres@/shop", {"dbname": "postgres", "user": "postgres"}),
+        (
+            "postgres://app:s3cret@10.0.0.5:6432/shop",
+            {"dbname": "postgres", "host": "10.0.0.5", "port": 6432, "user": "app", "password": "s3cret"},
+        ),
+    ],
+)
+def test_make_cluster_takes_any_postgres_url_django_takes(url, expected, monkeypatch):
+    import psycopg
+
+    seen = []
+
+    class Connection:
+        def __init__(self, **kwargs):
+            seen.append(kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def execute(self, query, params=None):
+            seen.append(params or str(query))
+            return self
+
+        def fetchone(self):
+            return None  # missing: created
+
+    monkeypatch.setattr(psycopg, "connect", lambda **kwargs: Connection(**kwargs))
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert _cluster_script().database_url() == url
+    assert {k: v for k, v in seen[0].items() if k != "autocommit"} == expected
+    assert seen[1] == ["shop"]
+
+
+def test_make_cluster_names_the_role_when_postgres_refuses_it(monkeypatch):
+    import psycopg
+
+    def refuse(**kwargs):
+        raise psycopg.OperationalError('FATAL:  role "nobody" does not exist')
+
+    monkeypatch.setattr(psycopg, "connect", refuse)
+    monkeypatch.setenv("DATABASE_URL", "postgres://nobody@/shop")
+    with pytest.raises(SystemExit) as raised:
+        _cluster_script().database_url()
+    message = str(raised.value)
+    assert "as role 'nobody'" in message and "postgres://postgres@/nocobase_cluster" in message
+    assert "createuser --createdb nobody" in message
