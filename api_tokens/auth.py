@@ -94,7 +94,7 @@ def api_view(
     return decorate
 
 
-def json_body(request: HttpRequest) -> dict[str, Any]:
+def json_body(request: HttpRequest, *, max_depth: int = storable.MAX_DEPTH) -> dict[str, Any]:
     """The request's JSON object body ({} when empty); raises ValueError with a readable message.
 
     Refused, so that what is accepted can be stored: invalid JSON, NaN and Infinity,
@@ -103,7 +103,7 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     """
     if not request.body:
         return {}
-    data = storable.loads(request.body)  # NotStorable is a ValueError naming the problem
+    data = storable.loads(request.body, max_depth=max_depth)  # NotStorable is a ValueError naming the problem
     if not isinstance(data, dict):
         raise ValueError("The body must be a JSON object.")
     return data

@@ -209,7 +209,7 @@ def run(env: dict[str, str], redis: Redis, hook_url: str, tmp: Path) -> None:
 
     product = Product.objects.create(sku="BENCH", name="bench", price=1, quantity=1)
     calc = workflow(
-        "calc", [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.n }} * 2"}}]
+        "calc", [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}}]
     )
     slow = workflow(
         "slow",

@@ -224,11 +224,12 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
     WorkflowNode.objects.bulk_create(
         [
             WorkflowNode(workflow=workflow, key="enough", type="condition",
-                         config={"expression": "{{ $context.quantity }} > 0"}),
+                         config={"expression": "{{ $context.data.quantity }} > 0"}),
             WorkflowNode(workflow=workflow, key="left", type="calculation", upstream="enough", branch="true",
-                         config={"expression": "1000000000 - {{ $context.quantity }}"}),
+                         config={"expression": "1000000000 - {{ $context.data.quantity }}"}),
             WorkflowNode(workflow=workflow, key="save", type="update", upstream="left",
-                         config={"collection": "catalog.Product", "filter": {"sku": "{{ $context.sku }}"},
+                         config={"collection": "catalog.Product",
+                                 "filter": {"sku": "{{ $context.data.sku }}"},
                                  "values": {"quantity": "{{ $jobs.left }}"}}),
         ]
     )  # fmt: skip

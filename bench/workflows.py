@@ -165,11 +165,11 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     Node.objects.bulk_create(
         [
             Node(workflow=workflow, key="enough", type="condition",
-                 config={"expression": "{{ $context.quantity }} > 0"}),
+                 config={"expression": "{{ $context.data.quantity }} > 0"}),
             Node(workflow=workflow, key="left", type="calculation", upstream="enough", branch="true",
-                 config={"expression": "1000000000 - {{ $context.quantity }}"}),
+                 config={"expression": "1000000000 - {{ $context.data.quantity }}"}),
             Node(workflow=workflow, key="save", type="update", upstream="left",
-                 config={"collection": "catalog.Product", "filter": {"sku": "{{ $context.sku }}"},
+                 config={"collection": "catalog.Product", "filter": {"sku": "{{ $context.data.sku }}"},
                          "values": {"quantity": "{{ $jobs.left }}"}}),
         ]
     )  # fmt: skip

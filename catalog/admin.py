@@ -1,12 +1,13 @@
 from django.contrib import admin
 
 from async_tasks.admin import ImportExportMixin
+from workflows.collection_admin import WorkflowCollectionAdmin
 
 from .models import Order, Product, WebhookDelivery
 
 
 @admin.register(Product)
-class ProductAdmin(ImportExportMixin, admin.ModelAdmin):
+class ProductAdmin(WorkflowCollectionAdmin, ImportExportMixin, admin.ModelAdmin):
     list_display = ["sku", "name", "price", "quantity", "active", "created"]
     list_filter = ["active", "created"]
     search_fields = ["sku", "name"]
@@ -14,7 +15,7 @@ class ProductAdmin(ImportExportMixin, admin.ModelAdmin):
 
 
 @admin.register(Order)
-class OrderAdmin(ImportExportMixin, admin.ModelAdmin):
+class OrderAdmin(WorkflowCollectionAdmin, ImportExportMixin, admin.ModelAdmin):
     list_display = ["id", "product", "quantity", "customer", "status", "created_at"]
     list_filter = ["status", "created_at"]
     search_fields = ["customer", "product__sku", "product__name"]

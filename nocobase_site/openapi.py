@@ -268,7 +268,10 @@ def document() -> dict[str, Any]:
     workflow_paths = {
         "/api/workflows/{key}/trigger": {
             "post": {
-                "summary": "Trigger the enabled version of a workflow; the body is its context.",
+                "summary": (
+                    "Trigger the enabled version of a workflow; the body is its $context.data "
+                    "(or ?record= names a record of a collection workflow's collection)."
+                ),
                 "operationId": "trigger_workflow",
                 "parameters": [
                     {
@@ -276,7 +279,14 @@ def document() -> dict[str, Any]:
                         "in": "path",
                         "required": True,
                         "schema": {"type": "string", "pattern": r"^[-a-zA-Z0-9_]+$"},
-                    }
+                    },
+                    {
+                        "name": "record",
+                        "in": "query",
+                        "required": False,
+                        "description": "A record's primary key: run a collection workflow on it.",
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "requestBody": {
                     "content": {
@@ -296,8 +306,11 @@ def document() -> dict[str, Any]:
                     "202": _linked(
                         _json("An asynchronous workflow's execution, queued.", "Execution"), EXECUTION_LINKS
                     ),
-                    "400": _error("The body is not a JSON object the database can store."),
-                    "404": _error("No enabled workflow with this key."),
+                    "400": _error(
+                        "The body is not a JSON object the database can store, "
+                        "or ?record= on a workflow without a collection."
+                    ),
+                    "404": _error("No enabled workflow with this key, or no such record."),
                     "409": _error("The workflow already runs in this chain (its stack limit)."),
                     "422": _error("A synchronous workflow did not resolve."),
                     **AUTH_ERRORS,

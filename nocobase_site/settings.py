@@ -127,6 +127,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A synchronous workflow that rejects a write is a 422 naming it, not a bare 500.
+    "workflows.middleware.WorkflowRejectionMiddleware",
 ]
 
 ROOT_URLCONF = "nocobase_site.urls"

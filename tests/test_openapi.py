@@ -60,7 +60,8 @@ from api_tokens.models import ApiToken
 from workflows.models import Node, Workflow
 user = User.objects.create_superuser("client", "client@example.com", "pw-client-12345")
 flow = Workflow.objects.create(key="double", title="double", enabled=True, trigger_type="manual")
-Node.objects.create(workflow=flow, key="n", type="calculation", config={"expression": "{{ $context.n }} * 2"})
+expression = "{{ $context.data.n }} * 2"
+Node.objects.create(workflow=flow, key="n", type="calculation", config={"expression": expression})
 print(ApiToken.issue(user, "schemathesis")[1])
 """
 

@@ -17,7 +17,7 @@ from workflows.models import Execution, Workflow
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ONE = [{"key": "double", "type": "calculation", "config": {"expression": "{{ $context.n }} * 2"}}]
+ONE = [{"key": "double", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}}]
 
 
 @pytest.fixture

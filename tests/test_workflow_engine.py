@@ -38,13 +38,17 @@ def stock_workflow(**fields):
     """condition -> calculation -> update record: the benchmark's 3-node shape."""
     return build_workflow(
         [
-            {"key": "enough", "type": "condition", "config": {"expression": "{{ $context.quantity }} <= 5"}},
+            {
+                "key": "enough",
+                "type": "condition",
+                "config": {"expression": "{{ $context.data.quantity }} <= 5"},
+            },
             {
                 "key": "left",
                 "type": "calculation",
                 "upstream": "enough",
                 "branch": "true",
-                "config": {"expression": "5 - {{ $context.quantity }}"},
+                "config": {"expression": "5 - {{ $context.data.quantity }}"},
             },
             {
                 "key": "save",
@@ -52,7 +56,7 @@ def stock_workflow(**fields):
                 "upstream": "left",
                 "config": {
                     "collection": "catalog.Product",
-                    "filter": {"sku": "{{ $context.sku }}"},
+                    "filter": {"sku": "{{ $context.data.sku }}"},
                     "values": {"quantity": "{{ $jobs.left }}"},
                 },
             },
@@ -79,7 +83,7 @@ def test_async_execution_is_queued_then_run_by_a_worker(product):
 def test_false_branch_then_the_main_line_continues(product):
     workflow = build_workflow(
         [
-            {"key": "big", "type": "condition", "config": {"expression": "{{ $context.n }} > 10"}},
+            {"key": "big", "type": "condition", "config": {"expression": "{{ $context.data.n }} > 10"}},
             {
                 "key": "yes",
                 "type": "calculation",
@@ -147,7 +151,7 @@ def test_query_create_update_delete_nodes(product):
                     "values": {
                         "product": "{{ $jobs.one.id }}",
                         "quantity": 2,
-                        "customer": "{{ $context.who }}",
+                        "customer": "{{ $context.data.who }}",
                     },
                 },
             },
@@ -410,7 +414,7 @@ def test_cancel_stops_a_queued_or_running_execution(product):
 def test_retry_replays_resolved_nodes_and_reruns_the_failed_one(product):
     workflow = build_workflow(
         [
-            {"key": "first", "type": "calculation", "config": {"expression": "{{ $context.n }} * 2"}},
+            {"key": "first", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}},
             {
                 "key": "make",
                 "type": "create",
@@ -451,8 +455,13 @@ def test_a_version_with_executions_is_locked_and_can_be_copied(product):
     assert (copy.key, copy.version, copy.enabled, copy.locked) == (workflow.key, 2, False, False)
     assert sorted(copy.nodes.values_list("key", flat=True)) == ["enough", "left", "save"]
     copy.enabled = True
-    with pytest.raises(ValidationError, match="Another version"):
-        copy.clean()
+    copy.full_clean()  # enabling another version is no error: it takes over
+    copy.save()
+    assert list(
+        Workflow.objects.filter(key=workflow.key, enabled=True).values_list("version", flat=True)
+    ) == [2]
+    workflow.refresh_from_db()
+    assert workflow.enabled is False and workflow.next_run_at is None
     workflow.sync = True
     with pytest.raises(ValidationError, match="fixed once"):
         workflow.clean()

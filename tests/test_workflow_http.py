@@ -67,8 +67,8 @@ def http_workflow(url, **config):
                 "type": "http",
                 "config": {
                     "url": url,
-                    "headers": {"Authorization": "Bearer {{ $context.token }}"},
-                    "body": {"n": "{{ $context.n }}", "text": "n={{ $context.n }}"},
+                    "headers": {"Authorization": "Bearer {{ $context.data.token }}"},
+                    "body": {"n": "{{ $context.data.n }}", "text": "n={{ $context.data.n }}"},
                     **config,
                 },
             }
@@ -196,7 +196,7 @@ def test_malformed_urls_are_refused_when_saved_and_fail_cleanly_when_run(server,
 
     with pytest.raises(ValidationError, match=re.escape(problem)):
         nodes.check_config("http", {"url": url})
-    workflow = http_workflow("{{ $context.url }}")
+    workflow = http_workflow("{{ $context.data.url }}")
     execution, job = run(workflow, {"url": url, "n": 1, "token": "t"})
     assert execution.status == Execution.Status.FAILED and problem in execution.error
 

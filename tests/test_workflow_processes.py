@@ -17,7 +17,7 @@ from workflows.models import Execution, Job
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 NODES = [
-    {"key": "first", "type": "calculation", "config": {"expression": "{{ $context.n }} + 1"}},
+    {"key": "first", "type": "calculation", "config": {"expression": "{{ $context.data.n }} + 1"}},
     {
         "key": "second",
         "type": "calculation",

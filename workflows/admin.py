@@ -93,7 +93,7 @@ class WorkflowAdmin(admin.ModelAdmin):
     def has_trigger_permission(self, request) -> bool:
         return request.user.has_perm("workflows.trigger_workflow")
 
-    @admin.action(description="Trigger now (empty context)", permissions=["trigger"])
+    @admin.action(description="Trigger now (empty $context.data)", permissions=["trigger"])
     def trigger_now(self, request, queryset) -> None:
         for workflow in queryset:
             if not workflow.enabled:

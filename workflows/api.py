@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, JsonResponse
 
 from api_tokens.auth import api_view, error, json_body
+from worker_mode import storable
 
 from . import triggers
+from .collections import get_model
 from .exceptions import WorkflowFailed
 from .models import Execution, Workflow
 
@@ -46,16 +49,30 @@ def execution_json(execution: Execution, *, jobs: bool = True) -> dict[str, Any]
 
 @api_view(permission="workflows.trigger_workflow", methods=("POST",))
 def trigger(request: HttpRequest, key: str) -> JsonResponse:
-    """POST /api/workflows/<key>/trigger with a JSON object body: the execution's context."""
+    """POST /api/workflows/<key>/trigger with a JSON object body, the execution's ``$context.data``;
+    or ``?record=<pk>`` to run a collection workflow on one of its records (body ignored)."""
     try:
-        context = json_body(request)
+        # Stored one level down, as $context.data: one level less for the body.
+        data = json_body(request, max_depth=storable.MAX_DEPTH - 1)
     except ValueError as exc:
         return error(400, str(exc))
     workflow = Workflow.objects.filter(key=key, enabled=True).first()
     if workflow is None:
         return error(404, f"No enabled workflow with key {key!r}.")
+    record = None
+    if "record" in request.GET:
+        if workflow.trigger_type != Workflow.Trigger.COLLECTION:
+            return error(400, f"Workflow {key!r} has no collection: '?record=' is for collection workflows.")
+        model = get_model(workflow.trigger_config.get("collection"))
+        try:
+            record = model._default_manager.filter(pk=request.GET["record"]).first()
+        except (ValueError, TypeError, ValidationError):
+            record = None
+        if record is None:
+            return error(404, f"No {model._meta.label} record {request.GET['record']!r}.")
+        data = None
     try:
-        execution = triggers.trigger_manually(workflow, context, user=request.user)
+        execution = triggers.trigger_manually(workflow, data, user=request.user, record=record)
     except WorkflowFailed as exc:
         return error(422, str(exc), execution_status=exc.execution.status)
     if execution is None:

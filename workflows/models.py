@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -31,7 +31,10 @@ class Workflow(models.Model):
     version = models.PositiveIntegerField(default=1, editable=False)
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
-    enabled = models.BooleanField(default=False, help_text="At most one version per key is enabled.")
+    enabled = models.BooleanField(
+        default=False,
+        help_text="One version per key is enabled: enabling this one disables the enabled one.",
+    )
     sync = models.BooleanField(
         "synchronous",
         default=False,
@@ -94,12 +97,20 @@ class Workflow(models.Model):
                 errors["trigger_config"] = [
                     "This version has executions; copy it to a new version to change it."
                 ]
-        if self.enabled and Workflow.objects.filter(key=self.key, enabled=True).exclude(pk=self.pk).exists():
-            errors["enabled"] = ["Another version of this workflow is enabled; disable it first."]
         if errors:
             raise ValidationError(errors)
 
+    def get_constraints(self):
+        # "One enabled version" is kept by save(), which disables the other one: not a form error
+        # (the database still enforces it).
+        return [
+            (model, [c for c in constraints if c.name != "workflow_one_enabled_version"])
+            for model, constraints in super().get_constraints()
+        ]
+
     def save(self, *args: Any, **kwargs: Any) -> None:
+        """Enabling a version disables the enabled one in the same transaction: there is no
+        moment with no version enabled, nor two."""
         if self.trigger_type == self.Trigger.SCHEDULE and self.enabled:
             if self.next_run_at is None or self._schedule_changed():
                 self.next_run_at = schedule.next_time(self.trigger_config, timezone.now())
@@ -107,7 +118,18 @@ class Workflow(models.Model):
             self.next_run_at = None
         if kwargs.get("update_fields") is not None:
             kwargs["update_fields"] = {*kwargs["update_fields"], "next_run_at"}
-        super().save(*args, **kwargs)
+        with transaction.atomic():
+            if self.enabled:
+                # Every version of the key locked first: a concurrent enable of another version
+                # waits here, then (a new statement, a new snapshot) disables this one in turn.
+                list(
+                    Workflow.objects.select_for_update().filter(key=self.key).order_by("pk").values_list("pk")
+                )
+                others = Workflow.objects.filter(key=self.key, enabled=True)
+                if self.pk is not None:
+                    others = others.exclude(pk=self.pk)
+                others.update(enabled=False, next_run_at=None, updated_at=timezone.now())
+            super().save(*args, **kwargs)
 
     def _schedule_changed(self) -> bool:
         if self.pk is None:

@@ -249,6 +249,33 @@ def fire_schedules(now: datetime.datetime | None = None) -> int:
 # -- manual --------------------------------------------------------------------------------
 
 
-def trigger_manually(workflow: Workflow, context: dict[str, Any], user: Any = None) -> Execution | None:
-    """Trigger any enabled workflow by hand (admin action, API); sync ones run now."""
-    return engine.start(workflow, event="manual", context=context, user=user)
+def manual_context(
+    workflow: Workflow, data: dict[str, Any] | None = None, record: Model | None = None
+) -> dict:
+    """The context of a manual run, shaped like a collection event's: ``$context.data`` is the
+    given data, or the record (for a collection workflow run on one of its records)."""
+    context: dict[str, Any] = {"event": "manual"}
+    if record is not None:
+        context["collection"] = record._meta.label
+        context["data"] = record_to_dict(record)
+    else:
+        if workflow.trigger_type == Workflow.Trigger.COLLECTION:
+            context["collection"] = workflow.trigger_config.get("collection")
+        context["data"] = data if data is not None else {}
+    return context
+
+
+def trigger_manually(
+    workflow: Workflow, data: dict[str, Any] | None = None, user: Any = None, *, record: Model | None = None
+) -> Execution | None:
+    """Trigger any enabled workflow by hand (admin actions, API); sync ones run now.
+
+    ``data`` becomes ``$context.data``; or ``record``, a record of the workflow's collection, as
+    a collection event would give it."""
+    if record is not None:
+        collection = workflow.trigger_config.get("collection")
+        if workflow.trigger_type != Workflow.Trigger.COLLECTION or record._meta.label != collection:
+            raise ConfigError(
+                f"Workflow {workflow.key!r} does not listen to {record._meta.label}: not run on its records."
+            )
+    return engine.start(workflow, event="manual", context=manual_context(workflow, data, record), user=user)

@@ -84,4 +84,3 @@ class Command(BaseCommand):
                 f"  {row['key']:<22} queued {row['queued']:<6} running {row['running']:<4} "
                 f"failed {row['failed']:<5} nodes {nodes}{flag}"
             )
-
