@@ -75,6 +75,19 @@ def test_unknown_variables_and_bad_syntax_are_config_errors():
         ("not " * 2400 + "1", "nested too deeply"),
         ("1" + "+1" * 20000, "at most 10,000"),
         ("-" * 5000 + "1", "nested too deeply"),
+        # String methods are counted like the operators, and refused before they build anything.
+        ("len('a'.ljust(3000000000))", "builds more than 1,000,000"),
+        ("'a'.rjust(2000000)", "builds more than 1,000,000"),
+        ("'a'.center(2000000)", "builds more than 1,000,000"),
+        ("'1'.zfill(10 ** 9)", "builds more than 1,000,000"),
+        ("('\\t' * 100000).expandtabs(100)", "builds more than 1,000,000"),
+        ("('a' * 100000).replace('', 'b' * 3000)", "builds more than 1,000,000"),
+        ("('a' * 90000).join(['x'] * 20)", "builds more than 1,000,000"),
+        ("'%0*d' % (999999999, 1)", "'\\*' width or precision is not allowed"),
+        ("'%.*f' % (999999999, 1.5)", "'\\*' width or precision is not allowed"),
+        ("'{:>{}}'.format(1, 999999999)", r"\.format\(\) is not allowed"),
+        ("[l.count(1) for l in [[1]]] and {'a': [1]}.get('a').append(2)", r"\.append\(\) is not allowed"),
+        ("'abc'.__class__", "not allowed|Sorry|private"),
     ],
 )
 def test_expressions_are_bounded_and_every_failure_is_an_expression_error(expression, message):
@@ -95,3 +108,7 @@ def test_ordinary_expressions_still_work():
     assert evaluate("f'{2:>5}'", SCOPE) == "    2"
     assert evaluate("len(['x' * 1000 for i in [1, 2, 3]])", SCOPE) == 3
     assert evaluate("2 ** 100", SCOPE) == 2**100
+    assert evaluate("'a,b'.split(',')", SCOPE) == ["a", "b"]
+    assert evaluate("'-'.join(['x', 'y']).upper().ljust(5, '.')", SCOPE) == "X-Y.."
+    assert evaluate("{'a': 1}.get('b', 2)", SCOPE) == 2
+    assert evaluate("'%5.1f|%%*' % 2.25", SCOPE) == "  2.2|%*"

@@ -213,6 +213,24 @@ class _BoundedEval(EvalWithCompoundTypes):
         if huge and abs(a) > 1:
             raise ExpressionError(f"The expression computes a number of more than {MAX_INT_DIGITS:,} digits.")
 
+    def _eval_call(self, node: Any) -> Any:
+        """Functions as simpleeval calls them; methods only from ``METHODS``, their results
+        predicted and refused before they are built when they would exceed the budget."""
+        if not isinstance(node.func, ast.Attribute):
+            return super()._eval_call(node)
+        target = self._eval(node.func.value)
+        name = node.func.attr
+        allowed = _methods_of(target)
+        if name not in allowed:
+            kind = type(target).__name__
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ExpressionError(f"The method .{name}() is not allowed on {kind}; allowed: {names}.")
+        args = [self._eval(a) for a in node.args]
+        kwargs = dict(self._eval(k) for k in node.keywords)
+        if self._built + _predicted_size(target, name, args, kwargs) > MAX_BUILT:
+            raise ExpressionError(f"The expression builds more than {MAX_BUILT:,} characters or items.")
+        return self._spend(getattr(target, name)(*args, **kwargs))
+
     def _eval_formattedvalue(self, node: Any) -> Any:
         if node.format_spec:
             spec = str(self._eval(node.format_spec))
@@ -233,6 +251,103 @@ class _BoundedEval(EvalWithCompoundTypes):
         return self._spend(super()._eval_dict(node))
 
 
+#: Methods an expression may call, per type: none that changes a value in place (a list that
+#: grows while a comprehension walks it) and none that formats with widths taken from values.
+_STR_METHODS = frozenset(
+    [
+        "capitalize",
+        "casefold",
+        "center",
+        "count",
+        "endswith",
+        "expandtabs",
+        "find",
+        "index",
+        "isalnum",
+        "isalpha",
+        "isascii",
+        "isdecimal",
+        "isdigit",
+        "islower",
+        "isnumeric",
+        "isspace",
+        "istitle",
+        "isupper",
+        "join",
+        "ljust",
+        "lower",
+        "lstrip",
+        "partition",
+        "removeprefix",
+        "removesuffix",
+        "replace",
+        "rfind",
+        "rindex",
+        "rjust",
+        "rpartition",
+        "rsplit",
+        "rstrip",
+        "split",
+        "splitlines",
+        "startswith",
+        "strip",
+        "swapcase",
+        "title",
+        "upper",
+        "zfill",
+    ]
+)
+METHODS: dict[type, frozenset[str]] = {
+    str: _STR_METHODS,
+    list: frozenset({"count", "index"}),
+    tuple: frozenset({"count", "index"}),
+    dict: frozenset({"get", "keys", "values", "items"}),
+    int: frozenset({"bit_length"}),
+    float: frozenset({"is_integer"}),
+}
+
+
+def _methods_of(value: Any) -> frozenset[str]:
+    for kind, names in METHODS.items():
+        if type(value) is kind:
+            return names
+    return frozenset()
+
+
+def _int_arg(args: list[Any], kwargs: dict[str, Any], index: int, name: str, default: int) -> int:
+    value = args[index] if len(args) > index else kwargs.get(name, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _predicted_size(target: Any, name: str, args: list[Any], kwargs: dict[str, Any]) -> int:
+    """An upper bound of what ``target.name(*args)`` builds, computed without building it."""
+    if not isinstance(target, str):
+        return 0
+    size = len(target)
+    if name in ("center", "ljust", "rjust", "zfill"):
+        return max(size, _int_arg(args, kwargs, 0, "width", 0))
+    if name == "expandtabs":
+        return size + target.count("\t") * max(_int_arg(args, kwargs, 0, "tabsize", 8), 0)
+    if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        times = target.count(old) if old else size + 1
+        limit = _int_arg(args, kwargs, 2, "count", -1)
+        if limit >= 0:
+            times = min(times, limit)
+        return size + times * max(len(new) - len(old), 0)
+    if name == "join" and args:
+        items = args[0]
+        if isinstance(items, str | list | tuple | dict | set):
+            texts = [len(item) for item in items if isinstance(item, str)]
+            return sum(texts) + size * max(len(items) - 1, 0)
+        return MAX_BUILT + 1  # nothing else is iterable here; refuse rather than guess
+    return size
+
+
+#: A printf width or precision taken from the values ("%*d", "%.*f"): not checkable beforehand.
+_STAR_WIDTH = re.compile(r"%(\([^)]*\))?[-#0 +]*(\*|\d*\.\*)")
+
+
 def _check_widths(spec: str) -> None:
     if any(int(number) > MAX_FORMAT_WIDTH for number in _FORMAT_NUMBERS.findall(spec)):
         raise ExpressionError(f"A format width or precision above {MAX_FORMAT_WIDTH:,} is not allowed.")
@@ -240,6 +355,8 @@ def _check_widths(spec: str) -> None:
 
 def _mod(a: Any, b: Any) -> Any:
     if isinstance(a, str):  # "%5d" % x: printf-style formatting, whose widths are checked first
+        if _STAR_WIDTH.search(a.replace("%%", "")):
+            raise ExpressionError("A '*' width or precision is not allowed in a format; write the number.")
         _check_widths(a)
     return a % b
 
