@@ -21,6 +21,13 @@ from typing import IO, Any
 from .conf import conf
 from .exceptions import FileRejected
 
+#: Characters a cell may have (CSV's own field limit, the same for XLSX): a longer one is read
+#: no further than one character past it, and its row goes to the error report.
+MAX_CELL = csv.field_size_limit()
+#: Cells a row may have (Excel's own column limit): the rest of a wider row is not read.
+MAX_COLUMNS = 16_384
+#: Bytes of an XLSX member parsed at a time.
+_XML_CHUNK = 1024 * 1024
 #: Bytes read up front to detect the encoding and the delimiter.
 SAMPLE_SIZE = 64 * 1024
 #: Characters a spreadsheet reads as the start of a formula (OWASP's list; tab and CR too).
@@ -209,31 +216,107 @@ def check_xlsx(raw: IO[bytes]) -> None:
         )
 
 
+def _xml_parser() -> Any:
+    """An expat parser giving names as ``{namespace}local`` that refuses entity declarations
+    (a "billion laughs" workbook) instead of expanding them."""
+    from xml.parsers import expat
+
+    parser = expat.ParserCreate(namespace_separator="}")
+    parser.buffer_text = True
+
+    def refuse(*args: Any) -> None:
+        raise FileRejected("The workbook declares XML entities: refused.")
+
+    parser.EntityDeclHandler = refuse
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    return parser
+
+
+def _clark(name: str) -> str:
+    return "{" + name if "}" in name else name
+
+
+def _feed(parser: Any, source: IO[bytes]) -> Iterator[None]:
+    """Feed ``source`` to ``parser`` a chunk at a time, yielding after each chunk."""
+    from xml.parsers import expat
+
+    try:
+        while chunk := source.read(_XML_CHUNK):
+            parser.Parse(chunk, False)
+            yield
+        parser.Parse(b"", True)
+    except expat.ExpatError as exc:
+        raise FileRejected(f"The workbook's XML is damaged: {exc}.") from None
+    yield
+
+
+class _BoundedText:
+    """Text collected from many callbacks, kept up to ``MAX_CELL`` + 1 characters."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+
+    def add(self, data: str) -> None:
+        room = MAX_CELL + 1 - self.size
+        if room > 0:
+            self.parts.append(data[:room])
+            self.size += min(len(data), room)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
 class DiskStrings(Sequence[str]):
     """A workbook's shared strings in a temporary file: memory holds 8 bytes per string.
 
     openpyxl reads a sheet row by row (read-only mode), but loads the shared-string table
     whole; a 17 MB workbook with 180 MB of shared strings took half a gigabyte. Here the
-    table is parsed as a stream and looked up on disk, so an import's memory stays flat.
+    table is parsed as a stream (expat, a chunk at a time) and looked up on disk, and no string
+    is kept past ``MAX_CELL`` + 1 characters (a cell that long is an error of its row anyway),
+    so an import's memory stays flat whatever one string or all of them hold.
     """
 
     def __init__(self, source: IO[bytes]) -> None:
-        from openpyxl.cell.text import Text
         from openpyxl.xml.constants import SHEET_MAIN_NS
-        from openpyxl.xml.functions import iterparse
 
-        tag = f"{{{SHEET_MAIN_NS}}}si"
+        si, t, rph = (f"{{{SHEET_MAIN_NS}}}{name}" for name in ("si", "t", "rPh"))
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the workbook)
         self._offsets = array("Q", [0])
-        root = None
-        for event, node in iterparse(source, events=("start", "end")):
-            if root is None:
-                root = node
-            elif event == "end" and node.tag == tag:
-                text = Text.from_tree(node).content.replace("x005F_", "")
+        state = {"text": None, "in_t": False, "phonetic": 0}
+
+        def start(name: str, attrs: dict) -> None:
+            name = _clark(name)
+            if name == si:
+                state["text"] = _BoundedText()
+            elif name == rph:
+                state["phonetic"] += 1  # a reading aid (furigana), not part of the text
+            elif name == t and not state["phonetic"]:
+                state["in_t"] = True
+
+        def end(name: str) -> None:
+            name = _clark(name)
+            if name == t:
+                state["in_t"] = False
+            elif name == rph:
+                state["phonetic"] -= 1
+            elif name == si and state["text"] is not None:
+                text = state["text"].text().replace("x005F_", "")  # as openpyxl's read_string_table
                 self._file.write(text.encode("utf-8", "surrogatepass"))
                 self._offsets.append(self._file.tell())
-                root.clear()  # drop the parsed entries: the tree never grows
+                state["text"] = None
+
+        def data(text: str) -> None:
+            if state["in_t"] and state["text"] is not None:
+                state["text"].add(text)
+
+        parser = _xml_parser()
+        parser.StartElementHandler, parser.EndElementHandler = start, end
+        parser.CharacterDataHandler = data
+        for _ in _feed(parser, source):
+            pass
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -261,28 +344,117 @@ def _flat_sheet_class() -> type:
     ``openpyxl>=3.1,<3.2``; ``tests/test_async_import.py`` compares their rows with openpyxl's.
     """
     from openpyxl.worksheet._read_only import ReadOnlyWorksheet
-    from openpyxl.worksheet._reader import ROW_TAG, WorkSheetParser
+    from openpyxl.worksheet._reader import CELL_TAG, INLINE_STRING, ROW_TAG, VALUE_TAG, WorkSheetParser
     from openpyxl.xml.constants import SHEET_MAIN_NS
-    from openpyxl.xml.functions import iterparse
 
-    sheet_data_tag = f"{{{SHEET_MAIN_NS}}}sheetData"
+    TEXT_TAG = f"{{{SHEET_MAIN_NS}}}t"
 
     class FlatParser(WorkSheetParser):
         def parse(self) -> Iterator[Any]:
-            sheet_data = None
-            for event, element in iterparse(self.source, events=("start", "end")):
-                if event == "start":
-                    if element.tag == sheet_data_tag:
-                        sheet_data = element
-                elif element.tag == ROW_TAG:
-                    row = self.parse_row(element)
-                    if sheet_data is not None:
-                        sheet_data.clear()  # the rows read so far, gone from the tree
+            """Rows as openpyxl's ``parse_row`` gives them, read with expat a chunk at a time:
+            no row is kept once read, no text past ``MAX_CELL`` + 1 characters, no cell of a row
+            past ``MAX_COLUMNS`` (such a row is a ``RowProblem``)."""
+            from xml.etree.ElementTree import Element, SubElement
+
+            rows: list[Any] = []
+            state: dict[str, Any] = {"row": None, "cell": None, "text": None, "wide": False}
+
+            def start(name: str, attrs: dict) -> None:
+                name = _clark(name)
+                if name == ROW_TAG:
+                    state["row"], state["wide"] = [], False
+                    self._start_row(attrs)
+                elif name == CELL_TAG and state["row"] is not None:
+                    if len(state["row"]) >= MAX_COLUMNS:
+                        state["wide"] = True
+                        state["cell"] = None
                     else:
-                        element.clear()
-                    yield row
+                        state["cell"] = Element(CELL_TAG, attrs)
+                elif state["cell"] is not None and name in (VALUE_TAG, INLINE_STRING, TEXT_TAG):
+                    parent = state["cell"].find(INLINE_STRING) if name == TEXT_TAG else state["cell"]
+                    if parent is not None:
+                        element = SubElement(parent, name)
+                        if name != INLINE_STRING:
+                            state["text"] = (element, _BoundedText())
+
+            def end(name: str) -> None:
+                name = _clark(name)
+                if state["text"] is not None and name in (VALUE_TAG, TEXT_TAG):
+                    element, text = state["text"]
+                    element.text = text.text()
+                    state["text"] = None
+                elif name == CELL_TAG and state["cell"] is not None:
+                    state["row"].append(self.parse_cell(state["cell"]))
+                    state["cell"] = None
+                elif name == ROW_TAG and state["row"] is not None:
+                    if state["wide"]:  # in place of its values
+                        problem = f"The row has more than {MAX_COLUMNS:,} cells; the rest were not read."
+                        rows.append((self.row_counter, RowProblem(problem)))
+                    else:
+                        rows.append((self.row_counter, state["row"]))
+                    state["row"] = None
+
+            def data(text: str) -> None:
+                if state["text"] is not None:
+                    state["text"][1].add(text)
+
+            parser = _xml_parser()
+            parser.StartElementHandler, parser.EndElementHandler = start, end
+            parser.CharacterDataHandler = data
+            for _ in _feed(parser, self.source):
+                yield from rows
+                rows.clear()
+
+        def _start_row(self, attrs: dict) -> None:  # openpyxl's parse_row, without the cells
+            if "r" in attrs:
+                try:
+                    self.row_counter = int(attrs["r"])
+                except ValueError:
+                    value = float(attrs["r"])
+                    if not value.is_integer():
+                        raise ValueError(f"{attrs['r']} is not a valid row number") from None
+                    self.row_counter = int(value)
+            else:
+                self.row_counter += 1
+            self.col_counter = 0
+
+    class _Found(Exception):
+        pass
 
     class FlatSheet(ReadOnlyWorksheet):
+        def _get_size(self) -> None:
+            """openpyxl's, with expat stopping at ``<dimension>`` or ``<sheetData>``: openpyxl's
+            own parse of a sheet without a dimension record built the whole sheet in memory."""
+            from openpyxl.utils.cell import range_boundaries
+
+            dimension = f"{{{SHEET_MAIN_NS}}}dimension"
+            sheet_data = f"{{{SHEET_MAIN_NS}}}sheetData"
+            found: dict[str, str] = {}
+
+            def start(name: str, attrs: dict) -> None:
+                name = _clark(name)
+                if name == dimension:
+                    found["ref"] = attrs.get("ref", "")
+                    raise _Found
+                if name == sheet_data:
+                    raise _Found
+
+            parser = _xml_parser()
+            parser.StartElementHandler = start
+            with self._get_source() as src:
+                try:
+                    for _ in _feed(parser, src):
+                        pass
+                except _Found:
+                    pass
+            if found.get("ref"):
+                try:
+                    bounds = range_boundaries(found["ref"])
+                except (TypeError, ValueError):
+                    return  # a damaged record: unsized, as openpyxl leaves it
+                if None not in bounds:
+                    self._min_column, self._min_row, self._max_column, self._max_row = bounds
+
         def _cells_by_row(self, min_col, min_row, max_col, max_row, values_only=False):  # noqa: ANN001
             filler = None if values_only else openpyxl_empty_cell()
             max_col = max_col or self.max_column
@@ -308,7 +480,8 @@ def _flat_sheet_class() -> type:
                         counter += 1
                         yield empty_row
                     if counter <= idx:
-                        row = self._get_row(row, min_col, max_col, values_only)
+                        if not isinstance(row, RowProblem):
+                            row = self._get_row(row, min_col, max_col, values_only)
                         counter += 1
                         yield row
             if max_row is not None and max_row < idx:
@@ -327,7 +500,8 @@ def openpyxl_empty_cell() -> Any:
 def _open_workbook(raw: IO[bytes]) -> Any:
     """openpyxl's read-only workbook: shared strings on disk (``DiskStrings``), rows not kept."""
     from openpyxl.reader.excel import SHARED_STRINGS, ExcelReader
-    from openpyxl.worksheet._read_only import ReadOnlyWorksheet
+
+    flat = _flat_sheet_class()
 
     class Reader(ExcelReader):
         def read_strings(self) -> None:
@@ -336,13 +510,20 @@ def _open_workbook(raw: IO[bytes]) -> Any:
                 with self.archive.open(part.PartName[1:]) as source:
                     self.shared_strings = DiskStrings(source)
 
+        def read_worksheets(self) -> None:  # openpyxl 3.1's read-only branch, with FlatSheet
+            for sheet, rel in self.parser.find_sheets():
+                if rel.target not in self.valid_files:
+                    continue
+                if "chartsheet" in rel.Type:
+                    self.read_chartsheet(sheet, rel)
+                    continue
+                worksheet = flat(self.wb, sheet.name, rel.target, self.shared_strings)
+                worksheet.sheet_state = sheet.state
+                self.wb._sheets.append(worksheet)
+
     reader = Reader(raw, read_only=True, data_only=True)
     reader.read()
     book = reader.wb
-    flat = _flat_sheet_class()
-    for sheet in book.worksheets:
-        if type(sheet) is ReadOnlyWorksheet:
-            sheet.__class__ = flat
     book._disk_strings = reader.shared_strings  # closed with the book
     return book
 
@@ -366,11 +547,16 @@ class XlsxReader:
         self.total = max(0, (self._sheet.max_row or 1) - 1)
         self._rows = self._sheet.iter_rows(values_only=True)
         first = next(self._rows, ())
+        if isinstance(first, RowProblem):
+            raise FileRejected(f"The header row has more than {MAX_COLUMNS:,} cells.")
         self.header = ["" if v is None else str(v) for v in first]
 
-    def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
+    def __iter__(self) -> Iterator[tuple[int, list[Any] | RowProblem]]:
         for number, row in enumerate(self._rows, start=2):
-            yield number, ["" if v is None else v for v in row]
+            if isinstance(row, RowProblem):
+                yield number, row
+            else:
+                yield number, ["" if v is None else v for v in row]
 
     def close(self) -> None:
         self._book.close()

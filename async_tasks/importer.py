@@ -20,7 +20,7 @@ from django.db import DataError, IntegrityError, models, transaction
 from django.db.models.signals import post_save
 
 from .exceptions import FileRejected
-from .formats import RowProblem
+from .formats import MAX_CELL, RowProblem
 from .spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,6 @@ class Mode:
     choices = (INSERT, SKIP, UPDATE, UPDATE_ONLY)
 
 
-#: Characters a cell may hold: a longer one is a row error (the CSV reader's own limit, for XLSX too).
-MAX_CELL = csv.field_size_limit()
 #: Unknown columns named in an error at most (a header of a million columns is not a message).
 MAX_NAMED = 20
 
@@ -199,7 +197,7 @@ def _converter(f: models.Field) -> Callable[[Any], Any]:
             if "\x00" in value:
                 raise ValidationError("The value contains the NUL character, which cannot be stored.")
             if len(value) > MAX_CELL:
-                raise ValidationError(f"The value has {len(value):,} characters; at most {MAX_CELL:,}.")
+                raise ValidationError(f"The value has more than {MAX_CELL:,} characters.")
             value = value.strip()
             if value == "":
                 if empty is _REQUIRED:

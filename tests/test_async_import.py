@@ -520,3 +520,95 @@ def test_shared_strings_are_read_from_disk():
     assert len(reader._book._disk_strings) >= 100 and reader._book._disk_strings[-1].startswith("name ")
     assert [row[1] for _, row in reader][:2] == ["name 0", "name 1"]
     reader.close()
+
+
+SST_NS = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+
+
+def raw_xlsx(sheet_data: str, shared: list[str] | str = "", prolog: str = "") -> bytes:
+    """A minimal workbook written by hand: ``sheet_data`` is the XML of the sheet's rows."""
+    if isinstance(shared, list):
+        shared = "".join(f"<si><t>{text}</t></si>" for text in shared)
+    types = (
+        '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+        '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+        '<Default Extension="xml" ContentType="application/xml"/>'
+        '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument'
+        '.spreadsheetml.sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType='
+        '"application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/><Override PartName='
+        '"/xl/sharedStrings.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml'
+        '.sharedStrings+xml"/></Types>'
+    )
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", types)
+        archive.writestr(
+            "_rels/.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/'
+            f'relationships"><Relationship Id="rId1" Type="{rel}/officeDocument" Target="xl/workbook.xml"/>'
+            "</Relationships>",
+        )
+        archive.writestr(
+            "xl/workbook.xml",
+            f'<?xml version="1.0"?><workbook {SST_NS} xmlns:r="{rel}"><sheets>'
+            '<sheet name="S" sheetId="1" r:id="rId1"/></sheets></workbook>',
+        )
+        archive.writestr(
+            "xl/_rels/workbook.xml.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/'
+            f'relationships"><Relationship Id="rId1" Type="{rel}/worksheet" Target="worksheets/sheet1.xml"/>'
+            f'<Relationship Id="rId2" Type="{rel}/sharedStrings" Target="sharedStrings.xml"/>'
+            "</Relationships>",
+        )
+        archive.writestr("xl/sharedStrings.xml", f'<?xml version="1.0"?>{prolog}<sst {SST_NS}>{shared}</sst>')
+        archive.writestr(
+            "xl/worksheets/sheet1.xml",
+            f'<?xml version="1.0"?><worksheet {SST_NS}><sheetData>{sheet_data}</sheetData></worksheet>',
+        )
+    return out.getvalue()
+
+
+def test_shared_strings_read_as_openpyxl_reads_them():
+    from openpyxl.reader.strings import read_string_table
+
+    table = (
+        "<si><t>plain</t></si><si><r><t>rich </t></r><r><rPr><b/></rPr><t>text</t></r></si>"
+        "<si><t>漢字</t><rPh sb='0' eb='1'><t>かんじ</t></rPh></si><si><t>_x005F_x000D_ kept</t></si>"
+        '<si><t xml:space="preserve">  spaced  </t></si><si/>'
+    )
+    source = f'<?xml version="1.0"?><sst {SST_NS}>{table}</sst>'.encode()
+    ours = formats.DiskStrings(io.BytesIO(source))
+    assert list(ours) == read_string_table(io.BytesIO(source))
+    assert list(ours)[:3] == ["plain", "rich text", "漢字"]
+    ours.close()
+
+
+def test_a_huge_xlsx_cell_or_row_is_a_row_error_read_no_further(monkeypatch):
+    monkeypatch.setattr(formats, "MAX_COLUMNS", 20)
+    header = "<row r='1'>" + "".join(
+        f"<c t='inlineStr'><is><t>{name}</t></is></c>" for name in ("sku", "name", "price")
+    ) + "</row>"  # fmt: skip
+    wide = "<row r='2'>" + "<c><v>1</v></c>" * 5000 + "</row>"
+    long_shared = (
+        "<row r='3'><c t='inlineStr'><is><t>L1</t></is></c><c t='s'><v>0</v></c><c><v>2</v></c></row>"
+    )
+    long_inline = (
+        "<row r='4'><c t='inlineStr'><is><t>L2</t></is></c>"
+        f"<c t='inlineStr'><is><t>{'y' * 300_000}</t></is></c><c><v>2</v></c></row>"
+    )
+    good = "<row r='5'><c t='inlineStr'><is><t>OK1</t></is></c><c t='s'><v>1</v></c><c><v>3</v></c></row>"
+    data = raw_xlsx(header + wide + long_shared + long_inline + good, ["x" * 300_000, "fine"])
+    task = run_import(data, name="p.xlsx")
+    assert task.summary == {"created": 1, "updated": 0, "skipped": 0, "failed": 3}
+    errors = {row["row"]: row["message"] for row in error_rows(task)}
+    assert errors["2"] == "The row has more than 20 cells; the rest were not read."
+    assert errors["3"] == errors["4"] == f"The value has more than {formats.MAX_CELL:,} characters."
+    assert Product.objects.get(sku="OK1").name == "fine"
+
+
+def test_xlsx_entity_declarations_are_refused():
+    laughs = '<!DOCTYPE sst [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+    data = raw_xlsx("<row r='1'><c t='s'><v>0</v></c></row>", "<si><t>&b;</t></si>", prolog=laughs)
+    task = run_import(data, name="p.xlsx")
+    assert task.status == "failed" and "declares XML entities" in task.error
