@@ -250,6 +250,18 @@ def _feed(parser: Any, source: IO[bytes]) -> Iterator[None]:
     yield
 
 
+#: OOXML's escape of a character XML cannot carry (ECMA-376 ST_Xstring): ``_x000D_`` is a carriage
+#: return, ``_x005F_`` an underscore (so ``_x005F_x000D_`` is the text "_x000D_").
+_XSTRING_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def unescape_xstring(text: str) -> str:
+    """The text Excel (and XlsxWriter) escaped; openpyxl reads such escapes literally."""
+    if "_x" not in text:
+        return text
+    return _XSTRING_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), text)
+
+
 class _BoundedText:
     """Text collected from many callbacks, kept up to ``MAX_CELL`` + 1 characters."""
 
@@ -303,7 +315,7 @@ class DiskStrings(Sequence[str]):
             elif name == rph:
                 state["phonetic"] -= 1
             elif name == si and state["text"] is not None:
-                text = state["text"].text().replace("x005F_", "")  # as openpyxl's read_string_table
+                text = unescape_xstring(state["text"].text())
                 self._file.write(text.encode("utf-8", "surrogatepass"))
                 self._offsets.append(self._file.tell())
                 state["text"] = None
@@ -381,7 +393,7 @@ def _flat_sheet_class() -> type:
                 name = _clark(name)
                 if state["text"] is not None and name in (VALUE_TAG, TEXT_TAG):
                     element, text = state["text"]
-                    element.text = text.text()
+                    element.text = unescape_xstring(text.text())
                     state["text"] = None
                 elif name == CELL_TAG and state["cell"] is not None:
                     state["row"].append(self.parse_cell(state["cell"]))

@@ -192,13 +192,18 @@ def _converter(f: models.Field) -> Callable[[Any], Any]:
         def parse(value: Any) -> Any:
             return clean(value, None)
 
+    # Text is kept as it is (an export imported again changes nothing, leading spaces and tabs
+    # included); numbers, dates, booleans and keys are read without the spaces around them.
+    verbatim = isinstance(f, models.CharField | models.TextField) and not f.choices
+
     def convert(value: Any) -> Any:
         if isinstance(value, str):
             if "\x00" in value:
                 raise ValidationError("The value contains the NUL character, which cannot be stored.")
             if len(value) > MAX_CELL:
                 raise ValidationError(f"The value has more than {MAX_CELL:,} characters.")
-            value = value.strip()
+            if not verbatim:
+                value = value.strip()
             if value == "":
                 if empty is _REQUIRED:
                     raise ValidationError("This field cannot be blank.")

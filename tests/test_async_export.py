@@ -102,6 +102,8 @@ def test_an_export_imports_back_unchanged():
 @pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 def test_export_then_import_in_update_mode_changes_nothing(fmt):
     odd = ['=HYPERLINK("http://x")', "-2+3", "+1", "'quoted", "''=twice", "'=once", "@x", "-5"]
+    # Whitespace around text is the text's own: kept, also before a formula character.
+    odd += ["\t=x", "\r=x", "\n=x", " =x", "\x0b=x", "\xa0=1", "  padded  ", "tab\tinside", "_x000D_ as text"]
     Product.objects.bulk_create(
         Product(sku=text if i % 2 else f"S{i}", name=text, price=Decimal("1.00"), quantity=i)
         for i, text in enumerate(["=F-9", *odd])

@@ -569,7 +569,7 @@ def raw_xlsx(sheet_data: str, shared: list[str] | str = "", prolog: str = "") ->
     return out.getvalue()
 
 
-def test_shared_strings_read_as_openpyxl_reads_them():
+def test_shared_strings_read_as_openpyxl_reads_them_and_escapes_as_excel_does():
     from openpyxl.reader.strings import read_string_table
 
     table = (
@@ -580,7 +580,12 @@ def test_shared_strings_read_as_openpyxl_reads_them():
     source = f'<?xml version="1.0"?><sst {SST_NS}>{table}</sst>'.encode()
     ours = formats.DiskStrings(io.BytesIO(source))
     assert list(ours) == read_string_table(io.BytesIO(source))
-    assert list(ours)[:3] == ["plain", "rich text", "漢字"]
+    assert list(ours)[:4] == ["plain", "rich text", "漢字", "_x000D_ kept"]
+    ours.close()
+    # A character XML cannot carry, as Excel and XlsxWriter escape it (openpyxl leaves it escaped).
+    escaped = f"<sst {SST_NS}><si><t>a_x000D_b_x000B_</t></si><si><t>_x005F_x000B_</t></si></sst>".encode()
+    ours = formats.DiskStrings(io.BytesIO(escaped))
+    assert list(ours) == ["a\rb\x0b", "_x000B_"]
     ours.close()
 
 
