@@ -117,7 +117,13 @@ def sniff_delimiter(text: str) -> str:
 
 
 class CsvReader:
-    """Rows of a CSV file: ``header`` and an iterator of (row number, values); row 1 is the header."""
+    """Rows of a CSV file: ``header`` and an iterator of (row number, values); row 1 is the header.
+
+    A row that cannot be read costs that row, not the rows after it: a line with more than
+    ``MAX_COLUMNS`` values is not split; a quote never closed (which would read the rest of
+    the file as one value) or a value over the field limit is reported, and reading goes on
+    from the line after the one the row started on.
+    """
 
     def __init__(self, raw: IO[bytes], *, encoding: str | None = None, delimiter: str | None = None) -> None:
         sample = raw.read(SAMPLE_SIZE)
@@ -127,33 +133,76 @@ class CsvReader:
         text_sample = sample.decode(self.encoding, errors="ignore")
         self.delimiter = delimiter or sniff_delimiter(text_sample)
         self.total = _count_lines(raw)
+        self._raw = raw
+        self._size = raw.seek(0, io.SEEK_END)
+        raw.seek(0)
         self.line = 0
-        #: Physical lines that did not decode, not yet attributed to a row: (line, reason).
+        #: Byte offset of the next physical line (ASCII-compatible encodings only).
+        self._next_pos = 0
+        #: Physical lines that could not be read, not yet attributed to a row: (line, message).
         self._undecodable: list[tuple[int, str]] = []
-        if codecs.lookup(self.encoding).name.startswith(("utf-16", "utf-32")):
-            lines: Iterator[str] = io.TextIOWrapper(raw, encoding=self.encoding, newline="")
+        self._wide = str(self.delimiter).encode(self.encoding, errors="replace")
+        self._seekable = not codecs.lookup(self.encoding).name.startswith(("utf-16", "utf-32"))
+        if self._seekable:
+            lines: Iterator[str] = self._decoded_lines(raw)
         else:
-            lines = self._decoded_lines(raw)
+            lines = io.TextIOWrapper(raw, encoding=self.encoding, newline="")
         self._reader = csv.reader(lines, delimiter=self.delimiter)
         try:
             self.header = next(self._reader, [])
         except csv.Error as exc:
             raise FileRejected(f"Cannot read the header row: {exc}.") from None
+        if self._undecodable and self._undecodable[0][0] == 1:
+            if "values" in self._undecodable[0][1]:
+                raise FileRejected(f"The header row has more than {MAX_COLUMNS:,} columns.")
+            raise FileRejected(self._undecodable[0][1].replace("Line 1", "The header row", 1))
 
     def _decoded_lines(self, raw: IO[bytes]) -> Iterator[str]:
         # Line by line, so a bad byte names its line (and only its row is lost).
         encoding = self.encoding
-        for self.line, data in enumerate(raw, start=1):  # noqa: B020 (the attribute is the position)
+        for data in iter(raw.readline, b""):  # from where raw is (iterating a Django File rewinds)
+            self.line += 1
+            self._next_pos += len(data)
+            if data.count(self._wide) >= MAX_COLUMNS:
+                self._undecodable.append(
+                    (self.line, f"Line {self.line} has more than {MAX_COLUMNS:,} values; it was not read.")
+                )
+                yield "\n"
+                continue
             try:
                 yield data.decode(encoding)
             except UnicodeDecodeError as exc:
-                self._undecodable.append((self.line, exc.reason))
+                self._undecodable.append(
+                    (
+                        self.line,
+                        f"Line {self.line} is not valid {encoding} ({exc.reason}); if many rows say so, "
+                        "choose the file's encoding.",
+                    )
+                )
                 yield data.decode(encoding, errors="replace")
+
+    def _restart_after(self, line: int, position: int) -> None:
+        """Read on from the physical line after ``line`` (which starts at byte ``position``)."""
+        self._raw.seek(position)
+        self._raw.readline()
+        self._next_pos = self._raw.tell()
+        self.line = line
+        self._undecodable.clear()
+        self._reader = csv.reader(self._decoded_lines(self._raw), delimiter=self.delimiter)
+
+    def _quote_left_open(self, position: int) -> bool:
+        """Whether the text from byte ``position`` to the end has an odd number of quotes."""
+        self._raw.seek(position)
+        quotes = 0
+        while chunk := self._raw.read(1024 * 1024):
+            quotes += chunk.count(b'"')
+        return quotes % 2 == 1
 
     def __iter__(self) -> Iterator[tuple[int, list[str] | RowProblem]]:
         number = 1
         while True:
             number += 1
+            start_line, start_pos = self.line + 1, self._next_pos
             try:
                 row = next(self._reader)
             except StopIteration:
@@ -162,19 +211,29 @@ class CsvReader:
                 raise FileRejected(
                     f"Row {number} is not valid {self.encoding}: {exc.reason}; choose the file's encoding."
                 ) from None
-            except csv.Error as exc:  # e.g. a cell over csv.field_size_limit(): this row only
-                yield number, RowProblem(f"The row cannot be read as CSV: {exc}.")
+            except csv.Error as exc:  # e.g. a value over csv.field_size_limit(): this row only
+                message = f"The row (from line {start_line}) cannot be read as CSV: {exc}."
+                if self._seekable and self.line > start_line:
+                    message += f" Reading goes on from line {start_line + 1}."
+                    self._restart_after(start_line, start_pos)
+                yield number, RowProblem(message)
                 continue
-            if self._undecodable:
-                line, reason = self._undecodable[0]
-                self._undecodable.clear()
+            # The last row took several lines to the end of the file: a quote never closed?
+            at_end = self._seekable and self.line > start_line and self._next_pos >= self._size
+            if at_end and self._quote_left_open(start_pos):
                 yield (
                     number,
                     RowProblem(
-                        f"Line {line} is not valid {self.encoding} ({reason}); if many rows say so, choose "
-                        "the file's encoding."
+                        f"A quote opened in this row (line {start_line}) is never closed; "
+                        f"reading goes on from line {start_line + 1}."
                     ),
                 )
+                self._restart_after(start_line, start_pos)
+                continue
+            if self._undecodable:
+                _, message = self._undecodable[0]
+                self._undecodable.clear()
+                yield number, RowProblem(message)
                 continue
             yield number, [unneutralize(value) for value in row]
 
