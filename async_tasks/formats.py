@@ -27,7 +27,7 @@ MAX_CELL = csv.field_size_limit()
 #: Cells a row may have (Excel's own column limit): the rest of a wider row is not read.
 MAX_COLUMNS = 16_384
 #: Bytes of an XLSX member parsed at a time.
-_XML_CHUNK = 1024 * 1024
+_XML_CHUNK = 64 * 1024
 #: Bytes read up front to detect the encoding and the delimiter.
 SAMPLE_SIZE = 64 * 1024
 #: Characters a spreadsheet reads as the start of a formula (OWASP's list; tab and CR too).

@@ -178,6 +178,11 @@ def test_an_embedded_ipv4_address_may_be_allow_listed(settings):
     settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["127.0.0.1"]
     assert http._allowed(ipaddress.ip_address("::ffff:127.0.0.1"), http.allowed_networks())
     assert not http._allowed(ipaddress.ip_address("::ffff:10.0.0.1"), http.allowed_networks())
+    # Other forms reach a translator or relay, not the listed host: listed themselves, or refused.
+    for other in ("64:ff9b::7f00:1", "2002:7f00:1::", "::127.0.0.1", "2001:0:4136:e378:8000:63bf:80ff:fffe"):
+        assert not http._allowed(ipaddress.ip_address(other), http.allowed_networks()), other
+    settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["64:ff9b::/96"]
+    assert http._allowed(ipaddress.ip_address("64:ff9b::7f00:1"), http.allowed_networks())
 
 
 @pytest.mark.parametrize(
@@ -189,6 +194,7 @@ def test_an_embedded_ipv4_address_may_be_allow_listed(settings):
         ("http:///path-only", "is not an http(s) URL"),
         ("http://example.com/a b", "spaces or control characters"),
         ("http://example.com:0/", "has port 0"),
+        ("http://" + "a" * 64 + ".example.com/", "cannot be looked up"),  # a label over 63 characters
     ],
 )
 def test_malformed_urls_are_refused_when_saved_and_fail_cleanly_when_run(server, url, problem):
@@ -204,11 +210,22 @@ def test_malformed_urls_are_refused_when_saved_and_fail_cleanly_when_run(server,
 def test_header_values_cannot_smuggle_lines(server, settings):
     from workflows import nodes
 
-    with pytest.raises(ValidationError, match="contain line breaks"):
-        nodes.check_config("http", {"url": "http://example.com/", "headers": {"X-A": "1\r\nX-B: 2"}})
+    for headers in (
+        {"X-A": "1\r\nX-B: 2"},
+        {"X Y": "1"},
+        {"X-é": "1"},
+        {"X": "é€"},
+        {"X": "\u2028"},
+        {"": "1"},
+    ):
+        with pytest.raises(ValidationError, match="no spaces or colons"):
+            nodes.check_config("http", {"url": "http://example.com/", "headers": headers})
+    nodes.check_config(
+        "http", {"url": "http://example.com/", "headers": {"X-Ok": "café {{ $context.data.n }}"}}
+    )
     settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["127.0.0.1"]
     execution, job = run(http_workflow(f"{server}/hook"), {"n": 1, "token": "t\r\nX-Evil: 1"})
-    assert execution.status == Execution.Status.FAILED and "contain line breaks" in job.error
+    assert execution.status == Execution.Status.FAILED and "without line breaks" in job.error
     assert Handler.received == []
 
 

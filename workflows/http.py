@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import threading
@@ -70,9 +71,12 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list) -> bool:
+    """Whether ``address`` is allow-listed. An IPv4-mapped address (``::ffff:a.b.c.d``) is its IPv4
+    address; other forms that carry one (NAT64, 6to4, Teredo, IPv4-compatible) reach a translator
+    or a relay, not that host, so they are allowed only when listed themselves."""
     candidates = [address]
-    if isinstance(address, ipaddress.IPv6Address) and (inner := embedded_ipv4(address)) is not None:
-        candidates.append(inner)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        candidates.append(address.ipv4_mapped)
     return any(candidate in network for candidate in candidates for network in networks)
 
 
@@ -80,7 +84,7 @@ def resolve_checked(host: str, port: int) -> str:
     """An address of ``host`` that may be called; BlockedAddress if any address is private."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
+    except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a label IDNA cannot encode
         raise NodeFailed(f"Cannot resolve {host!r}: {exc}") from None
     networks = allowed_networks()
     addresses = []
@@ -132,12 +136,29 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
         raise BadURL(f"{url!r} contains spaces or control characters.")
     if port == 0:
         raise BadURL(f"{url!r} has port 0.")
+    try:
+        host.encode("idna")  # labels of 1 to 63 characters, names of at most 253
+    except UnicodeError as exc:
+        raise BadURL(f"{url!r} has a host name that cannot be looked up: {exc}.") from None
     port = port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, host, port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+#: A header name is an RFC 9110 token; a value is visible Latin-1 text, spaces and tabs.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
+
+
 def _bad_header(name: str, value: str) -> bool:
-    return any(char in f"{name}{value}" for char in "\r\n\x00") or not name or ":" in name
+    return not (_HEADER_NAME.fullmatch(name) and _HEADER_VALUE.fullmatch(value))
+
+
+def _header_problem(broken: list[str]) -> str:
+    return (
+        f"Header(s) {', '.join(repr(name[:100]) for name in broken[:10])}: a name is letters, digits "
+        "and !#$%&'*+-.^_`|~ (no spaces or colons); a value is Latin-1 text without line breaks "
+        "or control characters."
+    )
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -160,7 +181,7 @@ def check_config(config: dict[str, Any]) -> None:
         raise ConfigError(f"Headers {', '.join(bad)} are set by the engine and cannot be configured.")
     broken = sorted(name for name, value in headers.items() if _bad_header(name, value))
     if broken:
-        raise ConfigError(f"Header(s) {', '.join(map(repr, broken))} contain line breaks, NUL or a colon.")
+        raise ConfigError(_header_problem(broken))
     timeout = config.get("timeout", 10)
     if not isinstance(timeout, (int, float)) or not 0 < timeout <= conf.WORKFLOWS_HTTP_MAX_TIMEOUT:
         raise ConfigError(f"'timeout' must be a number of seconds in (0, {conf.WORKFLOWS_HTTP_MAX_TIMEOUT}].")
@@ -183,7 +204,7 @@ def request(
         raise NodeFailed(str(exc)) from None
     broken = sorted(name for name, value in headers.items() if _bad_header(name, value))
     if broken:  # a placeholder rendered a line break into a header
-        raise NodeFailed(f"Header(s) {', '.join(map(repr, broken))} contain line breaks, NUL or a colon.")
+        raise NodeFailed(_header_problem(broken))
     deadline = time.monotonic() + timeout
     address = resolve_checked(host, port)
     connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
