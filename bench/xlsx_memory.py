@@ -141,6 +141,10 @@ CHILD = """
 import resource, sys, time
 import django
 django.setup()
+from django.conf import settings
+# One huge string compresses far better than the zip-bomb ratio allows; the bench measures the
+# reader, so that check (which refuses such a file before parsing) is set aside here.
+settings.ASYNC_TASKS_XLSX_MAX_RATIO = 10**9
 if {plain!r}:
     import openpyxl
     from async_tasks import formats
@@ -187,8 +191,6 @@ def main() -> None:
             "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
             "VAR_DIR": str(folder / "var"),
             "ASYNC_TASKS_DIR": str(folder / "tasks"),
-            # The hostile shapes pass the default limits on the upload as it is; keep the ratio out of it.
-            "ASYNC_TASKS_XLSX_MAX_RATIO": "100000",
             "PYTHONPATH": str(ROOT),
         }
         subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, check=True)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
@@ -27,6 +28,28 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_value(name: str, default, kind: type = int):
+    """The number in environment variable ``name`` (``default`` when unset); a value that is not a
+    number is kept as text, and the system checks name it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        return raw
+
+
+def env_strict(name: str, default, kind: type = int):
+    """As ``env_value``, for a setting no system check reads: a value that is not a number stops
+    the process here, with its name."""
+    value = env_value(name, default, kind)
+    if isinstance(value, str):
+        what = "a whole number" if kind is int else "a number"
+        raise ImproperlyConfigured(f"{name}={value!r} is not {what}.")
+    return value
 
 
 def env_counts(name: str) -> dict[str, int]:
@@ -49,10 +72,10 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 # What this node does: see README "WORKER_MODE". Empty: requests + every service.
 WORKER_MODE = os.environ.get("WORKER_MODE", "")
-WORKER_MODE_PROCESSES = int(os.environ.get("WORKER_MODE_PROCESSES", "1"))
+WORKER_MODE_PROCESSES = env_value("WORKER_MODE_PROCESSES", 1)
 WORKER_MODE_SERVICE_PROCESSES = env_counts("WORKER_MODE_SERVICE_PROCESSES")
-WORKER_MODE_SHUTDOWN_GRACE = float(os.environ.get("WORKER_MODE_SHUTDOWN_GRACE", "25"))
-WORKER_MODE_RESTART_LIMIT = int(os.environ.get("WORKER_MODE_RESTART_LIMIT", "5"))
+WORKER_MODE_SHUTDOWN_GRACE = env_value("WORKER_MODE_SHUTDOWN_GRACE", 25.0, float)
+WORKER_MODE_RESTART_LIMIT = env_strict("WORKER_MODE_RESTART_LIMIT", 5)
 WORKER_MODE_NODE_NAME = os.environ.get("NODE_NAME", "")
 WORKER_MODE_GUNICORN_CONFIG = str(BASE_DIR / "nocobase_site" / "gunicorn.conf.py")
 
@@ -63,7 +86,7 @@ RQ = {"COMMIT_MODE": "on_db_commit"}
 RQ_SHOW_ADMIN_LINK = False
 
 # Models workflows may trigger on and read/write (the demo collection).
-WORKER_MODE_WORKER_NICE = int(os.environ.get("WORKER_MODE_WORKER_NICE", "10"))
+WORKER_MODE_WORKER_NICE = env_strict("WORKER_MODE_WORKER_NICE", 10)
 WORKER_MODE_METRICS_TOKEN = os.environ.get("WORKER_MODE_METRICS_TOKEN", "")
 WORKFLOWS_COLLECTIONS = env_list("WORKFLOWS_COLLECTIONS", "catalog.Product,catalog.Order")
 # Private addresses HTTP nodes may call; `make run` allows loopback for the demo webhook.
@@ -153,7 +176,7 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
-        conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")),
+        conn_max_age=env_strict("CONN_MAX_AGE", 60),
         conn_health_checks=True,
     )
 }
@@ -211,7 +234,7 @@ CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 # orchestrators send over HTTP inside the cluster; HSTS once the whole site is HTTPS.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
-SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0") or 0)
+SECURE_HSTS_SECONDS = env_strict("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 if env_bool("SECURE_PROXY_SSL_HEADER", False):  # TLS ends at a proxy that sets X-Forwarded-Proto
@@ -245,5 +268,5 @@ ASYNC_TASKS_MODELS = {
     },
     "catalog.Order": {"fields": ["product", "quantity", "customer", "status"]},
 }
-ASYNC_TASKS_MAX_UPLOAD_SIZE = int(os.environ.get("ASYNC_TASKS_MAX_UPLOAD_SIZE", str(200 * 1024 * 1024)))
-ASYNC_TASKS_BATCH_SIZE = int(os.environ.get("ASYNC_TASKS_BATCH_SIZE", "2000"))
+ASYNC_TASKS_MAX_UPLOAD_SIZE = env_value("ASYNC_TASKS_MAX_UPLOAD_SIZE", 200 * 1024 * 1024)
+ASYNC_TASKS_BATCH_SIZE = env_value("ASYNC_TASKS_BATCH_SIZE", 2000)

@@ -140,3 +140,25 @@ def test_gunicorn_refuses_to_serve_others_on_the_default_secret(tmp_path, redis_
     finally:
         laptop.terminate()
         laptop.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("WORKER_MODE_PROCESSES", "abc", "worker_mode.E"),  # text reaches the system checks
+        ("ASYNC_TASKS_BATCH_SIZE", "x", "async_tasks.E"),
+        ("CONN_MAX_AGE", "q", "CONN_MAX_AGE='q' is not a whole number."),  # no check reads it
+        ("WORKER_MODE_RESTART_LIMIT", "many", "WORKER_MODE_RESTART_LIMIT='many' is not a whole number."),
+    ],
+)
+def test_environment_values_that_are_not_numbers_are_named(tmp_path, variable, value, expected):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "check"],
+        cwd=ROOT, env=site_process_env(tmp_path, **{variable: value}), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert expected in output and variable in output
+    if expected.endswith("."):  # stopped at settings: the last line says why
+        assert output.strip().splitlines()[-1].endswith(expected)
