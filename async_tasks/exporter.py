@@ -27,6 +27,24 @@ def choose_fields(spec: ModelSpec, names: Sequence[str] | None) -> list[models.F
     return [spec.field(name) for name in names]
 
 
+#: Bounds of an export's filters: what a changelist URL carries, not a database's limits
+#: (SQLite refuses LIKE patterns over 50,000 bytes with an error).
+MAX_FILTERS = 100
+MAX_FILTER_VALUE = 1_000
+
+
+def check_filter_sizes(filters: Sequence[Sequence[str]]) -> None:
+    if len(filters) > MAX_FILTERS:
+        raise FileRejected(f"{len(filters):,} filters; at most {MAX_FILTERS}.")
+    for key, value in filters:
+        if len(key) > 100 or len(value) > MAX_FILTER_VALUE:
+            shown = key[:40] + ("…" if len(key) > 40 else "")
+            raise FileRejected(
+                f"The filter {shown!r} is too long: names have at most 100 characters, "
+                f"values (the search text too) at most {MAX_FILTER_VALUE:,}."
+            )
+
+
 def filtered_queryset(spec: ModelSpec, filters: Sequence[Sequence[str]] | None, user: Any) -> models.QuerySet:
     """The rows to export: all, or those the model's admin changelist shows for ``filters``.
 

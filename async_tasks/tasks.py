@@ -106,6 +106,7 @@ def create_export(
         raise FileRejected(f"Unknown format {fmt!r}; formats: csv, xlsx.")
     chosen = exporter.choose_fields(spec, fields)
     pairs = [[str(k), str(v)] for k, v in (filters or [])]
+    exporter.check_filter_sizes(pairs)
     exporter.filtered_queryset(spec, pairs, owner)  # a bad filter fails here, not in the worker
     task = AsyncTask.objects.create(
         kind=AsyncTask.Kind.EXPORT,

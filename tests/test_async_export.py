@@ -162,3 +162,12 @@ def test_neutralize():
     assert [formats.neutralize(v) for v in ["=1", "+1", "-1", "@a", "\tx", "\rx", "ok", ""]] == [
         "'=1", "'+1", "'-1", "'@a", "'\tx", "'\rx", "ok", "",
     ]  # fmt: skip
+
+
+def test_export_filters_are_bounded_before_any_query(admin_user):
+    with pytest.raises(FileRejected, match="values \\(the search text too\\) at most 1,000"):
+        tasks.create_export(admin_user, "catalog.Product", filters=[["q", "x" * 1_000_000]], dispatch=False)
+    with pytest.raises(FileRejected, match="at most 100"):
+        tasks.create_export(admin_user, "catalog.Product", filters=[["q", "x"]] * 101, dispatch=False)
+    assert not AsyncTask.objects.exists()
+    tasks.create_export(admin_user, "catalog.Product", filters=[["q", "x" * 1000]], dispatch=False)
