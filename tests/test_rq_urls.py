@@ -88,3 +88,13 @@ def test_the_dashboard_and_its_stats_need_view_cluster(queued):
     viewer = staff("view_cluster")
     assert viewer.get("/django-rq/").status_code == 200
     assert viewer.get("/django-rq/stats.json").status_code == 200
+
+
+def test_pages_of_things_that_do_not_exist_are_404_not_500(queued, redis_conn):
+    viewer = staff("view_cluster")
+    for url in ("/django-rq/queues/99/", "/django-rq/workers/99/", "/django-rq/workers/0/nonexistent/",
+                f"/django-rq/queues/{queued}/no-such-job/", "/django-rq/schedulers/0/"):  # fmt: skip
+        assert viewer.get(url).status_code == 404, url
+    root = staff(superuser=True)
+    response = root.post(f"/django-rq/queues/actions/{queued}/", {"action": "delete", "job_ids": ["x"]})
+    assert response.status_code in (302, 404)  # never a 500

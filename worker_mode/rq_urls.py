@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
+from rq.exceptions import NoSuchJobError
 
 VIEW_PERMISSION = "worker_mode.view_cluster"
 CONTROL_PERMISSION = "worker_mode.control_queues"
@@ -50,9 +51,18 @@ def guarded(view: Callable[..., HttpResponse], permission: str) -> Callable[...,
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.has_perm(permission):
             raise PermissionDenied(f"Permission {permission} required.")
-        return view(request, *args, **kwargs)
+        try:
+            return view(request, *args, **kwargs)
+        except NOT_FOUND as exc:
+            # django-rq answers a queue number, a worker or a job that does not exist (or a page
+            # of a scheduler that is not installed) with an exception: a 404 here, not a 500.
+            raise Http404(f"Not found: {type(exc).__name__}: {str(exc)[:200]}") from None
 
     return staff_member_required(wrapper)
+
+
+#: What django-rq's views raise for a queue index, worker key or job id that does not exist.
+NOT_FOUND = (IndexError, KeyError, ValueError, NoSuchJobError, ImproperlyConfigured)
 
 
 def permission_for(name: str | None) -> str:
