@@ -6,4 +6,8 @@ class SiteConfig(AppConfig):
     verbose_name = "Site"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 (registers the site's checks)
+        from worker_mode.signals import node_starting
+
+        from . import checks  # registers the site's checks
+
+        node_starting.connect(checks.refuse_weak_secret, dispatch_uid="nocobase_site.refuse_weak_secret")

@@ -70,6 +70,16 @@ def secret_key_errors(binds: Iterable[str], serves_requests: bool = True) -> lis
     ]
 
 
+def refuse_weak_secret(sender: Any, bind: str | None, mode: Any, **kwargs: Any) -> None:
+    """``runnode``'s start (worker_mode's ``node_starting``): refused before any worker starts,
+    as gunicorn's own start refuses it (a worker could otherwise take jobs meanwhile)."""
+    from worker_mode.exceptions import WorkerModeError
+
+    binds = [item.strip() for item in bind.split(",")] if bind else default_binds()
+    for error in secret_key_errors(binds, mode.serves_requests):
+        raise WorkerModeError(f"{error.id}: {error.msg} {error.hint}")
+
+
 @register(deploy=True)
 def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     from worker_mode.node import current_mode

@@ -142,6 +142,21 @@ def test_gunicorn_refuses_to_serve_others_on_the_default_secret(tmp_path, redis_
         laptop.wait(30)
 
 
+@pytest.mark.processes
+def test_runnode_refuses_a_public_bind_on_the_default_secret_before_any_worker_starts(tmp_path, redis_server):
+    import redis
+
+    env = site_process_env(tmp_path, REDIS_URL=redis_server, WORKER_MODE="")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "runnode", "--bind", f"0.0.0.0:{free_port()}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "nocobase_site.E001: SECRET_KEY is not a secret (it is the public laptop default)" in done.stderr
+    assert "Listening on" not in done.stderr and "gunicorn" not in done.stderr.lower()  # nothing started
+    assert not redis.Redis.from_url(redis_server).keys("rq:worker:*")
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [

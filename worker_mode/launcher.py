@@ -27,6 +27,7 @@ from . import presence
 from .conf import conf
 from .mode import WorkerMode
 from .node import current_mode, served_keys
+from .signals import node_starting
 from .startup import validate
 from .workers import _set_parent_death_signal
 
@@ -169,6 +170,8 @@ def run(
 ) -> int:
     validate()
     mode = current_mode()
+    # Refusals (e.g. the site's "no public bind with a known SECRET_KEY") before any child starts.
+    node_starting.send(sender=None, bind=bind, mode=mode)
     children = plan_children(
         mode,
         bind=bind,
