@@ -116,7 +116,7 @@ def start_import(request: HttpRequest, label: str) -> JsonResponse:
         return error(404, str(exc))
     mode = request.POST.get("mode") or Mode.INSERT
     if mode in Mode.choices and not can_import(request.user, spec, mode):
-        return error(403, f"You may not import into {spec.label} in mode {mode!r}.")
+        return error(403, f"You may not import into {spec.label} in mode {storable.text(mode, 60)!r}.")
     upload = request.FILES.get("file")
     if upload is None:
         return error(400, "Send the file to import in the multipart field 'file'.")
@@ -279,7 +279,7 @@ def template_response(spec: ModelSpec, fmt: str) -> HttpResponse:
     import io
 
     if fmt not in AsyncTask.Format.values:
-        return error(400, f"Unknown format {fmt!r}; formats: csv, xlsx.")
+        return error(400, f"Unknown format {storable.text(fmt, 60)!r}; formats: csv, xlsx.")
     out = io.BytesIO()
     exporter.export(spec.model._default_manager.none(), list(spec.fields), fmt, out)
     out.seek(0)

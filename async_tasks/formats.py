@@ -40,14 +40,23 @@ NOT_FILE_ENCODINGS = frozenset({"idna", "punycode", "undefined", "unicode-escape
 ENCODINGS_HINT = "utf-8, utf-8-sig, cp1252, latin-1, utf-16, shift_jis, ..."
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value a user gave, as a message shows it: bounded (a name of a megabyte is no message)."""
+    from worker_mode.storable import text
+
+    return text(value, limit)
+
+
 def check_encoding(name: str) -> str:
     """The codec's canonical name if ``name`` is a text encoding a file can be in; FileRejected if not."""
     try:
         info = codecs.lookup(name)
     except (LookupError, TypeError, ValueError):
-        raise FileRejected(f"Unknown encoding {name!r}; e.g. {ENCODINGS_HINT}.") from None
+        raise FileRejected(f"Unknown encoding {_shown(name)!r}; e.g. {ENCODINGS_HINT}.") from None
     if not getattr(info, "_is_text_encoding", True) or info.name in NOT_FILE_ENCODINGS:
-        raise FileRejected(f"{name!r} is not a text encoding a file is written in; e.g. {ENCODINGS_HINT}.")
+        raise FileRejected(
+            f"{_shown(name)!r} is not a text encoding a file is written in; e.g. {ENCODINGS_HINT}."
+        )
     return info.name
 
 
@@ -69,7 +78,9 @@ def guess_format(name: str) -> str:
             return fmt
     if lowered.endswith(".txt") or lowered.endswith(".tsv"):
         return "csv"
-    raise FileRejected(f"Cannot tell the format of {name!r}: name it .csv or .xlsx, or choose the format.")
+    raise FileRejected(
+        f"Cannot tell the format of {_shown(name)!r}: name it .csv or .xlsx, or choose the format."
+    )
 
 
 def detect_encoding(sample: bytes) -> str:
@@ -611,7 +622,9 @@ class XlsxReader:
         if sheet:
             if sheet not in self._book.sheetnames:
                 names = ", ".join(self._book.sheetnames)
-                raise FileRejected(f"The workbook has no sheet {sheet!r}; its sheets: {names}.")
+                raise FileRejected(
+                    f"The workbook has no sheet {_shown(sheet)!r}; its sheets: {_shown(names, 500)}."
+                )
             self._sheet = self._book[sheet]
         else:
             self._sheet = self._book.worksheets[0]

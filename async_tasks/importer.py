@@ -20,7 +20,7 @@ from django.db import DataError, IntegrityError, models, transaction
 from django.db.models.signals import post_save
 
 from .exceptions import FileRejected
-from .formats import MAX_CELL, RowProblem
+from .formats import MAX_CELL, RowProblem, _shown
 from .spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _column_map(spec: ModelSpec, header: list[str]) -> list[models.Field]:
             unknown.append(str(title))
             continue
         if f.name in seen:
-            raise FileRejected(f"Column {title!r} appears twice in the header.")
+            raise FileRejected(f"Column {_shown(title)!r} appears twice in the header.")
         seen.add(f.name)
         columns.append(f)
     if unknown:
@@ -137,7 +137,7 @@ def check_header(spec: ModelSpec, header: list[str], mode: str) -> list[models.F
     columns = _column_map(spec, header)
     present = {f.name for f in columns}
     if mode != Mode.INSERT and spec.identifier is None:
-        raise FileRejected(f"Mode {mode!r} needs an identifier field, and {spec.label} has none.")
+        raise FileRejected(f"Mode {_shown(mode)!r} needs an identifier field, and {spec.label} has none.")
     if mode in (Mode.UPDATE, Mode.UPDATE_ONLY) and len(present - {spec.identifier.name}) == 0:
         raise FileRejected("An update needs at least one column besides the identifier.")
     needed = [spec.identifier] if mode == Mode.UPDATE_ONLY else spec.required()
@@ -170,7 +170,7 @@ def _converter(f: models.Field) -> Callable[[Any], Any]:
                 return True
             if text in _FALSE:
                 return False
-            raise ValidationError(f"{value!r} is not a boolean; use true/false, yes/no or 1/0.")
+            raise ValidationError(f"{_shown(value)!r} is not a boolean; use true/false, yes/no or 1/0.")
 
     elif isinstance(f, models.ForeignKey):
         target = f.target_field
@@ -183,7 +183,7 @@ def _converter(f: models.Field) -> Callable[[Any], Any]:
 
         def parse(value: Any) -> Any:
             if isinstance(value, float) and not value.is_integer():
-                raise ValidationError(f"{value!r} is not a whole number.")
+                raise ValidationError(f"{_shown(value)!r} is not a whole number.")
             return clean(value, None)
 
     else:
@@ -238,7 +238,7 @@ class Importer:
         progress: Callable[[Summary], None] | None = None,
     ) -> None:
         if mode not in Mode.choices:
-            raise FileRejected(f"Unknown mode {mode!r}; modes: {', '.join(Mode.choices)}.")
+            raise FileRejected(f"Unknown mode {_shown(mode)!r}; modes: {', '.join(Mode.choices)}.")
         self.spec, self.mode, self.batch_size = spec, mode, batch_size
         # fence(summary): called inside each batch's transaction with the summary it commits
         # (a task records its progress and checks its claim there; raising rolls the batch
@@ -370,7 +370,7 @@ class Importer:
             for row in batch:
                 value = row.values.get(f.attname)
                 if value is not None and value not in found:
-                    self._fail(row.number, f.name, f"No {name} {value!r}.", row.raw)
+                    self._fail(row.number, f.name, f"No {name} {_shown(value)!r}.", row.raw)
                 else:
                     kept.append(row)
             batch = kept
@@ -392,7 +392,9 @@ class Importer:
         outcome = _Outcome()
         if self.mode == Mode.INSERT:
             name = self.identifier.name if self.identifier is not None else ""
-            outcome.errors = [(row, name, f"A record with {name} {row.key!r} already exists.") for row in old]
+            outcome.errors = [
+                (row, name, f"A record with {name} {_shown(row.key)!r} already exists.") for row in old
+            ]
             self._insert(new, outcome)
         elif self.mode == Mode.SKIP:
             outcome.skipped = len(old)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from django.apps import apps
 from django.db import models
 
+from worker_mode.storable import text
+
 from .conf import conf
 from .exceptions import NotAllowed
 
@@ -29,7 +31,9 @@ class ModelSpec:
         for field in self.fields:
             if field.name == name:
                 return field
-        raise NotAllowed(f"Field {name!r} is not exported from {self.label}; allowed: {self.field_names}.")
+        raise NotAllowed(
+            f"Field {text(name, 60)!r} is not exported from {self.label}; allowed: {self.field_names}."
+        )
 
     @property
     def field_names(self) -> str:
@@ -73,7 +77,8 @@ def get_spec(label: str) -> ModelSpec:
         if allowed.lower() == str(label).lower():
             return _resolve(allowed, entry)
     raise NotAllowed(
-        f"Model {label!r} may not be imported or exported; allowed: {', '.join(allowed_labels()) or 'none'}."
+        f"Model {text(label, 60)!r} may not be imported or exported; "
+        f"allowed: {', '.join(allowed_labels()) or 'none'}."
     )
 
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from worker_mode import claims, storable
 from worker_mode.claims import Claim, ClaimLost
+from worker_mode.storable import text
 
 from . import exporter, formats, storage
 from .conf import conf
@@ -41,10 +42,10 @@ def import_options(
 ) -> dict[str, Any]:
     """Validated import parameters; AsyncTaskError with a message for a bad one."""
     if mode not in Mode.choices:
-        raise FileRejected(f"Unknown mode {mode!r}; modes: {', '.join(Mode.choices)}.")
+        raise FileRejected(f"Unknown mode {text(mode, 60)!r}; modes: {', '.join(Mode.choices)}.")
     if encoding:
         formats.check_encoding(encoding)  # a text encoding files are written in, or a 400
-    if delimiter and (len(delimiter) != 1 or delimiter in '"\r\n'):
+    if delimiter and (len(delimiter) != 1 or delimiter in '"\r\n' or (delimiter < " " and delimiter != "\t")):
         raise FileRejected("The delimiter must be one character, e.g. ',' ';' '|' or a tab.")
     return {
         "mode": mode,
@@ -70,7 +71,7 @@ def create_import(
     spec = get_spec(label)
     fmt = fmt or formats.guess_format(name)
     if fmt not in AsyncTask.Format.values:
-        raise FileRejected(f"Unknown format {fmt!r}; formats: csv, xlsx.")
+        raise FileRejected(f"Unknown format {text(fmt, 60)!r}; formats: csv, xlsx.")
     if size is not None and size > conf.ASYNC_TASKS_MAX_UPLOAD_SIZE:
         raise FileRejected(
             f"The file is {size} bytes; the largest accepted is {conf.ASYNC_TASKS_MAX_UPLOAD_SIZE} bytes."
@@ -103,7 +104,7 @@ def create_export(
     """Create a queued export task (fields and filters checked now); enqueued on commit."""
     spec = get_spec(label)
     if fmt not in AsyncTask.Format.values:
-        raise FileRejected(f"Unknown format {fmt!r}; formats: csv, xlsx.")
+        raise FileRejected(f"Unknown format {text(fmt, 60)!r}; formats: csv, xlsx.")
     chosen = exporter.choose_fields(spec, fields)
     pairs = [[str(k), str(v)] for k, v in (filters or [])]
     exporter.check_filter_sizes(pairs)

@@ -4,6 +4,7 @@ from django.urls import include, path
 from . import views
 from .openapi import openapi_json
 
+handler400 = views.bad_request
 handler404 = views.not_found
 handler500 = views.server_error
 

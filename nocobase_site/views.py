@@ -17,6 +17,14 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return defaults.page_not_found(request, exception)
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """400 (a request Django itself refuses, e.g. a multipart part it cannot parse): JSON under /api/."""
+    if request.path.startswith("/api/"):
+        reason = str(exception)[:200] if exception else ""
+        return JsonResponse({"error": f"Bad request{': ' + reason if reason else ''}."}, status=400)
+    return defaults.bad_request(request, exception)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     """500: JSON under /api/, Django's page elsewhere."""
     if request.path.startswith("/api/"):

@@ -647,3 +647,21 @@ def test_xlsx_entity_declarations_are_refused():
     data = raw_xlsx("<row r='1'><c t='s'><v>0</v></c></row>", "<si><t>&b;</t></si>", prolog=laughs)
     task = run_import(data, name="p.xlsx")
     assert task.status == "failed" and "declares XML entities" in task.error
+
+
+def test_messages_quote_what_a_user_gave_within_bounds():
+    from async_tasks.exceptions import NotAllowed
+
+    for options in ({"encoding": "x" * 5000}, {"mode": "m" * 100_000}):
+        with pytest.raises(FileRejected) as raised:
+            tasks.create_import(None, "catalog.Product", io.BytesIO(b"sku\n"), name="p.csv", dispatch=False,
+                                **options)  # fmt: skip
+        assert len(str(raised.value)) < 300
+    with pytest.raises(FileRejected, match="The delimiter must be one character"):
+        tasks.create_import(None, "catalog.Product", io.BytesIO(b"sku\n"), name="p.csv", delimiter="\x00",
+                            dispatch=False)  # fmt: skip
+    with pytest.raises(NotAllowed) as raised:
+        tasks.create_export(None, "catalog.Product", fields=["f" * 100_000], dispatch=False)
+    assert len(str(raised.value)) < 300
+    task = run_import(("sku,name,price," + "c" * 100_000 + "\nA,b,1,2\n").encode())
+    assert task.status == "failed" and len(task.error) < 400

@@ -99,3 +99,16 @@ def test_schemathesis_finds_nothing_against_a_live_node(start_node, site_env, tm
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "generated" in run.stdout and "0 failures" not in run.stdout or "passed" in run.stdout
     assert "Internal server error" not in node.log
+
+
+@pytest.mark.django_db
+def test_a_request_django_refuses_answers_json_under_api(client, task_storage):
+    from django.contrib.auth.models import User
+
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-root-12345"))
+    fields = {f"f{i}": "x" for i in range(1500)}  # over DATA_UPLOAD_MAX_NUMBER_FIELDS: Django's 400
+    response = client.post("/api/import/catalog.Product", fields)
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json" and "error" in response.json()
+    page = client.post("/admin/catalog/product/import/", fields)
+    assert page.status_code == 400 and "json" not in page["Content-Type"]
