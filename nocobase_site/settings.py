@@ -247,8 +247,16 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"},
     },
+    "filters": {
+        # A refused request (401/403/404) is one line, not a traceback of the PermissionDenied.
+        "refusals_without_traceback": {"()": "nocobase_site.log.RefusalsWithoutTraceback"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["refusals_without_traceback"],
+        },
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {

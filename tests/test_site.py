@@ -177,3 +177,26 @@ def test_environment_values_that_are_not_numbers_are_named(tmp_path, variable, v
     assert expected in output and variable in output
     if expected.endswith("."):  # stopped at settings: the last line says why
         assert output.strip().splitlines()[-1].endswith(expected)
+
+
+def test_a_refused_request_is_logged_in_one_line(client, caplog, db):
+    import logging
+
+    from django.contrib.auth.models import User
+
+    from nocobase_site.log import RefusalsWithoutTraceback
+
+    staff = User.objects.create_user("plain-staff", password="pw-plain-12345", is_staff=True)
+    client.force_login(staff)
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert client.get("/admin/worker_mode/cluster/").status_code == 403
+    (record,) = [r for r in caplog.records if r.name == "django.request"]
+    # Django attaches the PermissionDenied's traceback; the site's console handler drops it.
+    assert record.exc_info is None and "Forbidden (Permission denied)" in record.getMessage()
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        crash = logging.LogRecord("django.request", logging.ERROR, __file__, 1, "x", (), sys.exc_info())
+    crash.status_code = 500
+    RefusalsWithoutTraceback().filter(crash)
+    assert crash.exc_info is not None  # a 500 keeps its traceback
