@@ -136,8 +136,9 @@ def test_admin_rejects_a_broken_chain(admin_client, redis_conn):
     data = {
         "title": "t", "key": "chain", "enabled": "on", "trigger_type": "manual", "trigger_config": "{}",
         "stack_limit": "1", "nodes-TOTAL_FORMS": "2", "nodes-INITIAL_FORMS": "0",
-        "nodes-0-key": "a", "nodes-0-type": "calculation", "nodes-0-config": '{"expression": "1"}',
+        "nodes-0-key": "a", "nodes-0-type": "calculation", "nodes-0-expression": "1",
         "nodes-1-key": "b", "nodes-1-type": "calculation", "nodes-1-config": '{"expression": "2"}',
+        "nodes-1-advanced": "on",  # the JSON view, for power users
     }  # fmt: skip
     response = admin_client.post("/admin/workflows/workflow/add/", data)
     assert response.status_code == 200
