@@ -40,11 +40,12 @@ NOT_FILE_ENCODINGS = frozenset({"idna", "punycode", "undefined", "unicode-escape
 ENCODINGS_HINT = "utf-8, utf-8-sig, cp1252, latin-1, utf-16, shift_jis, ..."
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """A value a user gave, as a message shows it: bounded (a name of a megabyte is no message)."""
+def _shown(value: Any, limit: int = 60) -> Any:
+    """A value a user gave, as a message quotes it (``{_shown(x)!r}``): text bounded (a name of a
+    megabyte is no message), other values as they are."""
     from worker_mode.storable import text
 
-    return text(value, limit)
+    return text(value, limit) if isinstance(value, str) else value
 
 
 def check_encoding(name: str) -> str:

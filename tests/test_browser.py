@@ -114,3 +114,101 @@ def test_the_admin_in_a_browser(browser, node, tmp_path):
     shot(browser, "04-execution.png")
     order.refresh_from_db()
     assert order.status == "accepted"
+
+
+def test_a_workflow_built_with_the_forms_and_the_picker(browser, node):
+    """Collection trigger on Order create -> condition -> update, built without writing JSON."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from workflows.models import Workflow
+
+    User.objects.create_superuser("builder", "builder@example.com", "pw-builder-12345")
+    browser.get(f"{node}/admin/login/")
+    browser.find_element(By.ID, "id_username").send_keys("builder")
+    browser.find_element(By.ID, "id_password").send_keys("pw-builder-12345")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait_until(lambda: "Site administration" in browser.title, timeout=15)
+
+    def visible(element) -> bool:
+        return element.is_displayed()
+
+    browser.get(f"{node}/admin/workflows/workflow/add/")
+    browser.find_element(By.NAME, "title").send_keys("Big orders")
+    browser.find_element(By.NAME, "key").send_keys("big-orders")
+    browser.find_element(By.NAME, "enabled").click()
+    assert not visible(browser.find_element(By.NAME, "trigger_cron"))
+    Select(browser.find_element(By.NAME, "trigger_type")).select_by_value("collection")
+    # The trigger's own fields, and no others, once the type is picked.
+    assert visible(browser.find_element(By.NAME, "trigger_collection"))
+    assert not visible(browser.find_element(By.NAME, "trigger_cron"))
+    assert not visible(browser.find_element(By.NAME, "trigger_config"))  # JSON only on request
+    Select(browser.find_element(By.NAME, "trigger_collection")).select_by_value("catalog.Order")
+    browser.find_element(By.CSS_SELECTOR, 'input[name="trigger_events"][value="created"]').click()
+    shot(browser, "05-workflow-trigger.png")
+
+    # First node: a condition, its expression written with the picker.
+    browser.find_element(By.CSS_SELECTOR, "#nodes-group .add-row a").click()
+    first = browser.find_element(By.ID, "nodes-0")
+    first.find_element(By.NAME, "nodes-0-key").send_keys("big")
+    Select(first.find_element(By.NAME, "nodes-0-type")).select_by_value("condition")
+    expression = first.find_element(By.NAME, "nodes-0-expression")
+    assert visible(expression) and not visible(first.find_element(By.NAME, "nodes-0-url"))
+    expression.click()
+    pick = '#nodes-0 .wf-var[data-insert="{{ $context.data.quantity }}"]'
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, pick), timeout=10, interval=0.2)
+    browser.find_element(By.CSS_SELECTOR, pick).click()
+    expression.send_keys(" > 1")
+    assert expression.get_attribute("value") == "{{ $context.data.quantity }} > 1"
+
+    # Second node, on the true branch: update the order, its filter value from the picker.
+    browser.find_element(By.CSS_SELECTOR, "#nodes-group .add-row a").click()
+    second = browser.find_element(By.ID, "nodes-1")
+    second.find_element(By.NAME, "nodes-1-key").send_keys("mark")
+    Select(second.find_element(By.NAME, "nodes-1-type")).select_by_value("update")
+    second.find_element(By.NAME, "nodes-1-upstream").send_keys("big")
+    Select(second.find_element(By.NAME, "nodes-1-branch")).select_by_value("true")
+    Select(second.find_element(By.NAME, "nodes-1-collection")).select_by_value("catalog.Order")
+    assert visible(second.find_element(By.NAME, "nodes-1-filter__field_0"))
+    assert not visible(second.find_element(By.NAME, "nodes-1-expression"))
+    second.find_element(By.NAME, "nodes-1-filter__field_0").send_keys("id")
+    value = second.find_element(By.NAME, "nodes-1-filter__value_0")
+    value.click()
+    pick = '#nodes-1 .wf-var[data-insert="{{ $context.data.id }}"]'
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, pick), timeout=10, interval=0.2)
+    # The picker knows what runs before this node: the condition's result.
+    assert browser.find_elements(By.CSS_SELECTOR, '#nodes-1 .wf-var[data-insert="{{ $jobs.big }}"]')
+    browser.find_element(By.CSS_SELECTOR, pick).click()
+    second.find_element(By.NAME, "nodes-1-values__field_0").send_keys("status")
+    second.find_element(By.NAME, "nodes-1-values__value_0").send_keys("accepted")
+    shot(browser, "06-workflow-nodes.png")
+    browser.find_element(By.NAME, "_continue").click()
+    wait_until(lambda: "was added successfully" in browser.page_source, timeout=15)
+
+    workflow = Workflow.objects.get(key="big-orders")
+    assert workflow.trigger_config == {"collection": "catalog.Order", "events": ["created"]}
+    configs = {n.key: n.config for n in workflow.nodes.all()}
+    assert configs == {
+        "big": {"expression": "{{ $context.data.quantity }} > 1"},
+        "mark": {
+            "collection": "catalog.Order",
+            "filter": {"id": "{{ $context.data.id }}"},
+            "values": {"status": "accepted"},
+        },
+    }
+    diagram = browser.find_element(By.ID, "wf-diagram").text
+    assert "Trigger" in diagram and "big" in diagram and "if true" in diagram and "mark" in diagram
+    shot(browser, "07-workflow-diagram.png")
+
+    # An order triggers it; the execution page shows the same diagram with each job's status.
+    Workflow.objects.filter(key=demo.DEMO_KEY).update(enabled=False)
+    order = Order.objects.create(product=Product.objects.get(sku="DEMO-1"), quantity=3, customer="Built")
+    wait_until(lambda: Execution.objects.filter(workflow=workflow, status="resolved").exists(), timeout=30)
+    execution = Execution.objects.get(workflow=workflow)
+    browser.get(f"{node}/admin/workflows/execution/{execution.pk}/change/")
+    page = browser.find_element(By.ID, "wf-diagram")
+    assert len(page.find_elements(By.CSS_SELECTOR, ".wf-status-resolved")) == 2
+    assert not browser.find_elements(By.NAME, "_save")  # a read-only page
+    shot(browser, "08-execution-diagram.png")
+    order.refresh_from_db()
+    assert order.status == "accepted"

@@ -87,7 +87,7 @@ def call_then_order(url: str, product: Product):
     """calculation -> HTTP call (at-least-once) -> create an order named after the execution (an effect)."""
     return build_workflow(
         [
-            {"key": "n", "type": "calculation", "config": {"expression": "{{ $context.n }} + 1"}},
+            {"key": "n", "type": "calculation", "config": {"expression": "{{ $context.data.n }} + 1"}},
             {
                 "key": "call",
                 "type": "http",

@@ -27,7 +27,7 @@ from workflows.models import Execution
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_conn")]
 
-CALC = [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.n }} * 2"}}]
+CALC = [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}}]
 
 
 def queued_execution(n: int = 1) -> Execution:

@@ -24,7 +24,7 @@ from workflows.models import Execution
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
-CALC = [{"key": "double", "type": "calculation", "config": {"expression": "{{ $context.n }} * 2"}}]
+CALC = [{"key": "double", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}}]
 
 
 class RedisServer:

@@ -174,7 +174,9 @@ class Node(models.Model):
         FALSE = "false", "if false"
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="nodes")
-    key = models.SlugField(max_length=100, help_text="Names the node's result: {{ $jobs.<key> }}.")
+    key = models.SlugField(
+        max_length=100, help_text="Names the node's result for the nodes after it: {{ $jobs.this_key }}."
+    )
     title = models.CharField(max_length=200, blank=True)
     type = models.CharField(max_length=20, choices=node_types.CHOICES)
     config = models.JSONField(default=dict, blank=True, validators=[validate_storable_json])

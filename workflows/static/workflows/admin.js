@@ -9,8 +9,9 @@
     return node ? JSON.parse(node.textContent) : null;
   }
 
-  var collections = readJSON("wf-collections") || {};
-  var variablesURL = readJSON("wf-variables-url");
+  // Read when the page has loaded (this script runs in <head>, before the data it reads).
+  var collections = {};
+  var variablesURL = null;
   var lastFocused = new WeakMap();
 
   function scopeOf(el) {
@@ -232,6 +233,8 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    collections = readJSON("wf-collections") || {};
+    variablesURL = readJSON("wf-variables-url");
     var trigger = document.querySelector('select[name="trigger_type"]');
     if (trigger) setup(scopeOf(trigger));
     document.querySelectorAll(".inline-related").forEach(function (scope) {
