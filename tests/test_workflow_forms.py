@@ -135,6 +135,11 @@ def test_trigger_forms_per_type(redis_conn):
     form = WorkflowForm(data={**base, "trigger_type": "collection"})
     assert not form.is_valid()
     assert "Choose the collection whose records trigger the workflow." in str(form.errors)  # not "None"
+    form = WorkflowForm(data={**base, "trigger_type": "collection", "advanced": "on", "trigger_config": "{}"})
+    assert not form.is_valid() and "Choose a collection ('collection'): one of catalog.Product" in str(
+        form.errors.as_data()
+    )
+    assert "None" not in str(form.errors)
     form = WorkflowForm(
         data={
             **base,

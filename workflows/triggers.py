@@ -39,6 +39,9 @@ def check_config(trigger_type: str, config: Any, *, sync: bool = False) -> None:
         if unknown:
             keys = ", ".join(sorted(COLLECTION_KEYS))
             raise ConfigError(f"Unknown key(s) {', '.join(unknown)}; collection trigger keys: {keys}.")
+        if not config.get("collection"):
+            names = ", ".join(allowed_labels()) or "none (WORKFLOWS_COLLECTIONS)"
+            raise ConfigError(f"Choose a collection ('collection'): one of {names}.")
         model = get_model(config.get("collection"))
         events = config.get("events")
         if not isinstance(events, list) or not events or not set(events) <= set(EVENTS):
