@@ -331,9 +331,10 @@ class Importer:
                 with transaction.atomic():
                     outcome = self._write(batch)
                     self._fence(outcome)
-            except (IntegrityError, DataError):
+            except (IntegrityError, DataError, RowRefused):
                 # Another unique field, a record written meanwhile, a value the database refuses
-                # (out of range, too long for its column): find the bad rows one by one.
+                # (out of range, too long for its column), a row a receiver of its save refused
+                # (a synchronous workflow that rejects it): find the bad rows one by one.
                 with transaction.atomic():
                     outcome = self._write_one_by_one(batch)
                     self._fence(outcome)
@@ -458,14 +459,19 @@ class Importer:
             if obj.pk is None:
                 continue
             obj._state.adding = False
-            post_save.send(
-                sender=self.model,
-                instance=obj,
-                created=created,
-                update_fields=fields,
-                raw=False,
-                using=obj._state.db,
-            )
+            try:
+                post_save.send(
+                    sender=self.model,
+                    instance=obj,
+                    created=created,
+                    update_fields=fields,
+                    raw=False,
+                    using=obj._state.db,
+                )
+            except (IntegrityError, DataError):
+                raise
+            except Exception as exc:  # a receiver refused the row, e.g. a sync workflow rejecting it
+                raise RowRefused(str(exc)[:500] or type(exc).__name__) from exc
 
     def _write_one_by_one(self, batch: list[_Row]) -> _Outcome:
         total = _Outcome()
@@ -477,11 +483,17 @@ class Importer:
                 outcome = _Outcome(
                     errors=[(row, "", f"Rejected by the database: {str(exc).splitlines()[0][:500]}")]
                 )
+            except RowRefused as exc:
+                outcome = _Outcome(errors=[(row, "", f"Refused when saved: {exc}")])
             total.created += outcome.created
             total.updated += outcome.updated
             total.skipped += outcome.skipped
             total.errors += outcome.errors
         return total
+
+
+class RowRefused(Exception):
+    """A receiver of a row's ``post_save`` (a collection workflow) refused it; the message says why."""
 
 
 @dataclass

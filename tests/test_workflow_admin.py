@@ -210,3 +210,58 @@ def test_enabling_a_version_disables_the_enabled_one_at_once(redis_conn):
     first.enabled = True  # and back: still exactly one
     first.save()
     assert list(Workflow.objects.filter(key="tick", enabled=True).values_list("version", flat=True)) == [1]
+
+
+def test_a_record_is_named_as_written(redis_conn, product):
+    build_workflow(
+        [{"key": "q", "type": "calculation", "config": {"expression": "1"}}],
+        key="on-orders",
+        trigger_type="collection",
+        trigger_config={"collection": "catalog.Order", "events": ["deleted"]},
+    )
+    Order.objects.create(product=product, quantity=1, customer="x")
+    user = User.objects.create_user("ops", password="pw-ops-12345", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="trigger_workflow"))
+    client = Client()
+    client.force_login(user)
+
+    def post(query):
+        return client.post(f"/api/workflows/on-orders/trigger?{query}", "{}", content_type="application/json")
+
+    pk = Order.objects.get().pk
+    for query in (
+        f"record=%D9%A{pk}" if pk < 10 else "record=%D9%A1",
+        f"record=%20{pk}",
+        "record=+1",
+        "record=1.0",
+    ):
+        assert post(query).status_code == 404, query
+    assert post(f"record={pk}&record={pk}").status_code == 400
+    assert post(f"record={pk}").status_code == 202
+
+
+def test_an_import_firing_workflows_reports_the_rows_a_sync_workflow_rejects(
+    redis_conn, product, task_storage
+):
+    import io
+
+    from async_tasks import storage, tasks
+
+    build_workflow(
+        [{"key": "ok", "type": "condition",
+          "config": {"expression": "{{ $context.data.customer }} != 'blocked'", "reject_on_false": True}}],
+        key="guard", sync=True, trigger_type="collection",
+        trigger_config={"collection": "catalog.Order", "events": ["created", "updated"]},
+    )  # fmt: skip
+    data = f"product,quantity,customer\n{product.pk},1,okB\n{product.pk},1,blocked\n{product.pk},1,okC\n"
+    task = tasks.create_import(
+        None, "catalog.Order", io.BytesIO(data.encode()), name="o.csv", fire_workflows=True, dispatch=False
+    )
+    tasks.run(task.pk)
+    task.refresh_from_db()
+    assert task.status == "succeeded", task.error
+    assert task.summary == {"created": 2, "updated": 0, "skipped": 0, "failed": 1}
+    assert sorted(Order.objects.values_list("customer", flat=True)) == ["okB", "okC"]
+    with storage.get_storage().open(task.error_file, "rb") as handle:
+        report = handle.read().decode("utf-8-sig")
+    assert "3,,Refused when saved: Workflow 'guard' failed" in report

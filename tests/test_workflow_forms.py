@@ -259,3 +259,82 @@ def test_the_workflow_page_shows_typed_fields_and_its_chain(redis_conn):
     assert "{{ $jobs.product.quantity }}" in html  # the picker, rendered by the server
     assert "{{ $jobs. }}" not in html and "{{ $jobs.this_key }}" in html  # the help text is all there
     assert forms.NODE_FIELDS.keys() == set(__import__("workflows.nodes").nodes.TYPES)
+
+
+def test_a_node_key_that_is_no_slug_is_a_form_error_not_a_hang(redis_conn):
+    from workflows import graph
+
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-root-12345"))
+    data = {
+        "title": "t", "key": "typo", "trigger_type": "manual", "stack_limit": "1",
+        "nodes-TOTAL_FORMS": "1", "nodes-INITIAL_FORMS": "0",
+        "nodes-0-key": "my node", "nodes-0-type": "calculation", "nodes-0-expression": "1",
+    }  # fmt: skip
+    response = client.post("/admin/workflows/workflow/add/", data)
+    assert response.status_code == 200 and "Enter a valid “slug”" in response.content.decode()
+    # The chain check itself ends on a loop (an empty key leads back to the first node).
+    loop = [
+        Node(key="", type="calculation", upstream="", branch=""),
+        Node(key="b", type="calculation", upstream=""),
+    ]
+    assert graph.check(loop)
+
+
+def test_the_picker_endpoint_is_bounded(redis_conn):
+    viewer = User.objects.create_user("viewer", password="pw-view-12345", is_staff=True)
+    from django.contrib.auth.models import Permission
+
+    viewer.user_permissions.add(Permission.objects.get(codename="view_workflow"))
+    client = Client()
+    client.force_login(viewer)
+    names = [f"f{i}" for i in range(150_000)]
+    nodes = [{"key": "top", "type": "query", "config": {"collection": "catalog.Product", "fields": names}}]
+    nodes += [
+        {"key": f"n{i}", "type": "calculation", "upstream": "top" if i == 0 else f"n{i - 1}"}
+        for i in range(199)
+    ]
+    state = {"trigger_type": "manual", "nodes": nodes}
+    response = client.post(
+        "/admin/workflows/workflow/variables/", json.dumps(state), content_type="application/json"
+    )
+    assert response.status_code == 200 and len(response.content) < 2_000_000
+    assert "f149999" not in response.content.decode()  # only the model's own fields are listed
+    deep = '{"nodes": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = client.post("/admin/workflows/workflow/variables/", deep, content_type="application/json")
+    assert response.status_code == 400 and "nested deeper than 64 levels" in response.json()["error"]
+
+
+def test_typed_values_that_cannot_be_stored_or_shown_are_said_where_the_user_looks(workflow):
+    deep = "[" * 100_000 + "]" * 100_000
+    form = bound_node(workflow, type="create", collection="catalog.Product",
+                      values__field_0="name", values__value_0=deep)  # fmt: skip
+    assert (
+        form.is_valid() and form.cleaned_data["config"]["values"]["name"] == deep
+    )  # text, no RecursionError
+    assert decode("NaN") == "NaN" and decode("Infinity") == "Infinity"  # text: JSON has no NaN
+    form = bound_node(workflow, type="create", collection="catalog.Product",
+                      values__field_0="name", values__value_0="a\x00b")  # fmt: skip
+    assert not form.is_valid()
+    assert "NUL" in " ".join(form.non_field_errors())  # shown above the fields, not on the hidden JSON
+
+
+def test_what_a_text_input_cannot_show_opens_as_json_and_texts_keep_their_spaces(workflow):
+    node = Node.objects.create(
+        workflow=workflow, key="u", type="update",
+        config={"collection": "catalog.Order", "filter": {"customer": "a\nb"}, "values": {"customer": "x"}},
+    )  # fmt: skip
+    assert NodeForm(instance=node).initial["advanced"] is True  # an <input> would drop the line break
+    form = bound_node(workflow, type="end", status="failed", message=" spaced message ")
+    assert form.is_valid() and form.cleaned_data["config"]["message"] == " spaced message "
+    form = bound_node(workflow, type="http", url="https://example.com/", body="  text body  ",
+                      headers__name_0="X-N", headers__value_0="5")  # fmt: skip
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["config"]["body"] == "  text body  "
+    assert form.cleaned_data["config"]["headers"] == {"X-N": "5"}  # header values are text
+
+
+def test_the_demo_nodes_open_in_the_fields(redis_conn):
+    demo.load("http://127.0.0.1:9/catalog/webhook")
+    for node in Workflow.objects.get(key=demo.DEMO_KEY).nodes.all():
+        assert not NodeForm(instance=node).initial.get("advanced"), node.key

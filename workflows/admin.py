@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
+from worker_mode import storable
 from worker_mode.storable import StorableJSONFormField
 
 from . import collections, diagram, engine, graph, triggers, variables
@@ -25,6 +26,10 @@ from .models import Execution, Job, Node, Workflow
 class WorkflowAssets:
     css = {"all": ["workflows/admin.css"]}
     js = ["admin/js/jquery.init.js", "workflows/admin.js"]
+
+
+#: Nodes of a workflow the picker endpoint looks at (a form of more is not a workflow anyone edits).
+MAX_PICKER_NODES = 100
 
 
 def when(value: datetime.datetime | None) -> str:
@@ -67,6 +72,8 @@ def picker(groups: dict[str, list[dict[str, str]]]) -> SafeString:
 class NodeFormSet(BaseInlineFormSet):
     def clean(self) -> None:
         super().clean()
+        if any(form.errors for form in self.forms):
+            return  # each form says what is wrong with it first; the chain is checked once they are valid
         kept = [
             form.instance
             for form in self.forms
@@ -219,7 +226,7 @@ class WorkflowAdmin(admin.ModelAdmin):
         if request.method != "POST":
             return JsonResponse({"error": "POST the form's state as JSON."}, status=405)
         try:
-            state = json.loads(request.body or b"{}")
+            state = storable.loads(request.body or b"{}", what="The form's state")
             nodes = [
                 variables.NodeShape(
                     str(n.get("key") or "")[:100],
@@ -228,13 +235,18 @@ class WorkflowAdmin(admin.ModelAdmin):
                     str(n.get("branch") or ""),
                     n.get("config") if isinstance(n.get("config"), dict) else {},
                 )
-                for n in (state.get("nodes") or [])[:200]
+                for n in (state.get("nodes") or [])[:MAX_PICKER_NODES]
                 if isinstance(n, dict)
             ]
             trigger_config = state.get("trigger_config")
             result = variables.for_workflow(str(state.get("trigger_type") or ""), trigger_config, nodes)
-        except (ValueError, TypeError, AttributeError):
-            return JsonResponse({"error": "The form's state must be a JSON object."}, status=400)
+        except (ValueError, TypeError, AttributeError) as exc:
+            message = (
+                str(exc)
+                if isinstance(exc, storable.NotStorable)
+                else "The form's state must be a JSON object."
+            )
+            return JsonResponse({"error": message}, status=400)
         return JsonResponse(result)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.http import HttpRequest, JsonResponse
 
 from api_tokens.auth import api_view, error, json_body
@@ -64,12 +65,20 @@ def trigger(request: HttpRequest, key: str) -> JsonResponse:
         if workflow.trigger_type != Workflow.Trigger.COLLECTION:
             return error(400, f"Workflow {key!r} has no collection: '?record=' is for collection workflows.")
         model = get_model(workflow.trigger_config.get("collection"))
+        given = request.GET.getlist("record")
+        if len(given) != 1:
+            return error(400, "Give one record: ?record=<pk>.")
+        pk = given[0]
+        # As written: no spaces, no digits of other scripts (int() would read "١" as 1).
+        whole = isinstance(model._meta.pk, models.AutoField | models.IntegerField)
+        if not pk or not pk.isascii() or pk != pk.strip() or len(pk) > 100 or (whole and not pk.isdigit()):
+            return error(404, f"No {model._meta.label} record {storable.text(pk, 60)!r}.")
         try:
-            record = model._default_manager.filter(pk=request.GET["record"]).first()
+            record = model._default_manager.filter(pk=pk).first()
         except (ValueError, TypeError, ValidationError):
             record = None
         if record is None:
-            return error(404, f"No {model._meta.label} record {request.GET['record']!r}.")
+            return error(404, f"No {model._meta.label} record {storable.text(pk, 60)!r}.")
         data = None
     try:
         execution = triggers.trigger_manually(workflow, data, user=request.user, record=record)

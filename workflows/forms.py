@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from worker_mode import storable
 from worker_mode.storable import StorableJSONFormField
 
 from . import collections, nodes, schedule, triggers
@@ -47,10 +48,22 @@ TRIGGER_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _json(text: str) -> Any:
+    """Strict JSON (no NaN or Infinity, which Python's parser would take), bounded nesting."""
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def decode(text: str) -> Any:
     """A typed value: JSON when the text reads as JSON, else the text itself."""
     try:
-        return json.loads(text)
+        return _json(text)
     except ValueError:
         return text
 
@@ -59,11 +72,20 @@ def encode(value: Any) -> str:
     """The text ``decode`` turns back into ``value``."""
     if isinstance(value, str):
         try:
-            json.loads(value)
+            _json(value)
         except ValueError:
             return value
         return json.dumps(value, ensure_ascii=False)  # "5" stays text: quoted
     return json.dumps(value, ensure_ascii=False)
+
+
+#: Defaults a config may spell out or leave out: equal either way when a saved config is shown.
+_DEFAULTS = {"http": {"method": "POST"}, "end": {"status": "resolved"}}
+
+
+def _same(kind: str, built: dict[str, Any], config: dict[str, Any]) -> bool:
+    defaults = _DEFAULTS.get(kind, {})
+    return {**defaults, **built} == {**defaults, **config}
 
 
 # -- rows of field / lookup / value ---------------------------------------------------------------
@@ -181,7 +203,7 @@ class RowsField(forms.Field):
         return rows
 
 
-def _rows_to_dict(rows: list[list[str]], *, with_lookup: bool) -> dict[str, Any]:
+def _rows_to_dict(rows: list[list[str]], *, with_lookup: bool, typed: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for row in rows:
         if with_lookup:
@@ -191,7 +213,7 @@ def _rows_to_dict(rows: list[list[str]], *, with_lookup: bool) -> dict[str, Any]
             key, value = row
         if key in result:
             raise ValidationError(f"{key!r} appears twice.")
-        result[key] = decode(value)
+        result[key] = decode(value) if typed else value
     return result
 
 
@@ -203,8 +225,13 @@ def _filter_rows(spec: Any) -> list[list[str]]:
     return rows
 
 
-def _value_rows(spec: Any) -> list[list[str]]:
-    return [[str(key), encode(value)] for key, value in (spec or {}).items()]
+def _value_rows(spec: Any, *, typed: bool = True) -> list[list[str]]:
+    return [[str(key), encode(value) if typed else str(value)] for key, value in (spec or {}).items()]
+
+
+def _one_line(rows: list[list[str]]) -> bool:
+    """Whether a text input can show every cell (it drops line breaks)."""
+    return not any("\n" in cell or "\r" in cell for row in rows for cell in row)
 
 
 def _list_text(value: Any) -> str:
@@ -241,10 +268,12 @@ class _TypedConfigForm(forms.ModelForm):
             self._config_failed = True
             return cleaned
         try:
-            cleaned[self.config_field] = self.build_config(kind, cleaned)
-        except ValidationError as exc:
+            config = self.build_config(kind, cleaned)
+            storable.check(config)  # said here: the JSON field it would go to is hidden
+        except (ValidationError, storable.NotStorable) as exc:
             self._config_failed = True
-            raise ValidationError(exc.messages) from None
+            raise ValidationError(getattr(exc, "messages", [str(exc)])) from None
+        cleaned[self.config_field] = config
         return cleaned
 
     def _get_validation_exclusions(self):
@@ -262,6 +291,7 @@ class NodeForm(_TypedConfigForm):
 
     expression = forms.CharField(
         required=False,
+        strip=False,
         widget=forms.Textarea(attrs={"rows": 2, "cols": 70, "class": "wf-expression"}),
         help_text="e.g. {{ $jobs.product.quantity }} >= {{ $context.data.quantity }}",
     )
@@ -278,6 +308,7 @@ class NodeForm(_TypedConfigForm):
     headers = RowsField(("name", "value"), label="Headers")
     body = forms.CharField(
         required=False,
+        strip=False,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 70}),
         help_text='JSON, e.g. {"order": "{{ $context.data.id }}"}; other text is sent as text.',
     )
@@ -285,7 +316,9 @@ class NodeForm(_TypedConfigForm):
     ignore_fail = forms.BooleanField(required=False, label="Go on after an HTTP error status")
     seconds = forms.CharField(required=False, label="Seconds", help_text="A number, or a {{ variable }}.")
     status = forms.ChoiceField(required=False, choices=[(s, s) for s in nodes.END_STATUSES], label="End as")
-    message = forms.CharField(required=False, label="Message", widget=forms.TextInput(attrs={"size": 70}))
+    message = forms.CharField(
+        required=False, strip=False, label="Message", widget=forms.TextInput(attrs={"size": 70})
+    )
     advanced = forms.BooleanField(
         required=False,
         label="Edit as JSON",
@@ -327,10 +360,12 @@ class NodeForm(_TypedConfigForm):
         for key, value in config.items():
             if key in simple and isinstance(value, simple[key]):
                 initial[key] = value
-            elif key in ("filter",) and isinstance(value, dict):
+            elif key == "filter" and isinstance(value, dict):
                 initial["filter"] = _filter_rows(value)
-            elif key in ("values", "headers") and isinstance(value, dict):
-                initial[key] = _value_rows(value)
+            elif key == "values" and isinstance(value, dict):
+                initial["values"] = _value_rows(value)
+            elif key == "headers" and isinstance(value, dict):
+                initial["headers"] = _value_rows(value, typed=False)  # header values are text
             elif key in ("fields", "order_by") and isinstance(value, list):
                 initial[_form_name(key)] = _list_text(value)
             elif (
@@ -347,7 +382,14 @@ class NodeForm(_TypedConfigForm):
                 initial["seconds"] = encode(value)
             else:
                 initial["advanced"] = True  # a key or a value the fields cannot show
-        if kind and config and self.build_config(kind, self._initial_cleaned(), check=False) != config:
+        rows = [*initial.get("filter", []), *initial.get("values", []), *initial.get("headers", [])]
+        if not _one_line(rows):
+            initial["advanced"] = True  # a text input would drop the line breaks
+        if (
+            kind
+            and config
+            and not _same(kind, self.build_config(kind, self._initial_cleaned(), check=False), config)
+        ):
             initial["advanced"] = True
 
     def _initial_cleaned(self) -> dict[str, Any]:
@@ -379,7 +421,7 @@ class NodeForm(_TypedConfigForm):
             elif name in ("values", "headers"):
                 rows = data.get(name) or []
                 if rows:
-                    config[name] = _rows_to_dict(rows, with_lookup=False)
+                    config[name] = _rows_to_dict(rows, with_lookup=False, typed=name == "values")
             elif name in ("fields", "order_by"):
                 items = _text_list(value or "")
                 if items:

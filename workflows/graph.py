@@ -72,6 +72,8 @@ def check(nodes: Iterable[NodeLike], *, sync: bool = False) -> list[str]:
     pending = [graph.head] if graph.head else []
     while pending:
         node = pending.pop()
+        if node.key in seen:  # a loop (e.g. through an empty key): walked once
+            continue
         seen.add(node.key)
         pending.extend(
             n

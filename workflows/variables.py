@@ -87,7 +87,10 @@ def result_variables(node: NodeShape) -> list[Variable]:
     base = f"$jobs.{node.key}"
     kind = node.type
     if kind == "query":
-        names = config.get("fields") or _fields(config.get("collection"))
+        model_fields = _fields(config.get("collection"))
+        chosen = config.get("fields") if isinstance(config.get("fields"), list) else []
+        # Only the model's own fields: what a query can return (and a bound on what is listed).
+        names = [name for name in model_fields if name in chosen] or model_fields
         if config.get("multiple"):
             return [
                 Variable(base, f"the matching {config.get('collection')} records (a list)"),
@@ -117,13 +120,22 @@ def result_variables(node: NodeShape) -> list[Variable]:
     return []
 
 
+#: Upstream nodes listed in a picker, nearest first (a longer chain lists its nearest ones).
+MAX_UPSTREAM = 30
+
+
 def upstream_of(key: str, nodes: Iterable[NodeShape]) -> list[NodeShape]:
     """The nodes that ran before ``key`` on its way from the first node, nearest first."""
     by_key = {node.key: node for node in nodes}
     chain: list[NodeShape] = []
     seen = {key}
     current = by_key.get(key)
-    while current is not None and current.upstream and current.upstream not in seen:
+    while (
+        current is not None
+        and current.upstream
+        and current.upstream not in seen
+        and len(chain) < MAX_UPSTREAM
+    ):
         seen.add(current.upstream)
         current = by_key.get(current.upstream)
         if current is not None:
