@@ -101,6 +101,11 @@ def test_the_admin_in_a_browser(browser, node, tmp_path):
     progress = browser.find_element(By.CSS_SELECTOR, "#result_list progress")
     assert progress.get_attribute("value") == "100"
     assert "300 created" in browser.find_element(By.ID, "result_list").text
+    assert "Succeeded, 1 row failed" in browser.find_element(By.ID, "result_list").text
+    # Readable at 1,400 px: every column in view, no sideways scrolling.
+    assert browser.execute_script(
+        "var t = document.getElementById('result_list'); return t.scrollWidth <= t.parentElement.clientWidth"
+    )
     shot(browser, "03-import-tasks.png")
     assert Product.objects.filter(sku__startswith="P").count() == 300
 
