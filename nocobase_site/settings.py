@@ -30,26 +30,31 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-def env_value(name: str, default, kind: type = int):
-    """The number in environment variable ``name`` (``default`` when unset); a value that is not a
-    number is kept as text, and the system checks name it."""
+def from_env(name: str, kind: type = str, *, alias: str = "") -> None:
+    """Set the app setting ``name`` from the environment variable of the same name (or ``alias``)
+    when that is set, and only then: the default stays in the app's ``defaults.py``, in one place.
+    A number that is not one is kept as text, and the app's system checks name it."""
+    raw = os.environ.get(name, "").strip() or (os.environ.get(alias, "").strip() if alias else "")
+    if not raw:
+        return
+    value: object = raw
+    if kind is not str:
+        with contextlib.suppress(ValueError):
+            value = kind(raw)
+    globals()[name] = value
+
+
+def env_strict(name: str, default, kind: type = int):
+    """A number for one of Django's own settings, which no system check reads: a value that is
+    not a number stops the process here, with its name."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
         return kind(raw)
     except ValueError:
-        return raw
-
-
-def env_strict(name: str, default, kind: type = int):
-    """As ``env_value``, for a setting no system check reads: a value that is not a number stops
-    the process here, with its name."""
-    value = env_value(name, default, kind)
-    if isinstance(value, str):
         what = "a whole number" if kind is int else "a number"
-        raise ImproperlyConfigured(f"{name}={value!r} is not {what}.")
-    return value
+        raise ImproperlyConfigured(f"{name}={raw!r} is not {what}.") from None
 
 
 def env_counts(name: str) -> dict[str, int]:
@@ -70,56 +75,40 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
-# What this node does: see README "WORKER_MODE". Empty: requests + every service.
+# What this node does: see README "WORKER_MODE". Empty: requests + every service. The app
+# settings below are set only when their environment variable is (defaults: the apps' defaults.py).
 WORKER_MODE = os.environ.get("WORKER_MODE", "")
-WORKER_MODE_PROCESSES = env_value("WORKER_MODE_PROCESSES", 1)
+from_env("WORKER_MODE_PROCESSES", int)
 WORKER_MODE_SERVICE_PROCESSES = env_counts("WORKER_MODE_SERVICE_PROCESSES")
-WORKER_MODE_SHUTDOWN_GRACE = env_value("WORKER_MODE_SHUTDOWN_GRACE", 25.0, float)
-WORKER_MODE_RESTART_LIMIT = env_strict("WORKER_MODE_RESTART_LIMIT", 5)
-WORKER_MODE_NODE_NAME = os.environ.get("NODE_NAME", "")
+from_env("WORKER_MODE_SHUTDOWN_GRACE", float)
+from_env("WORKER_MODE_RESTART_LIMIT", int)
+from_env("WORKER_MODE_RESTART_WINDOW", float)
+from_env("WORKER_MODE_WORKER_CLASS")
+from_env("WORKER_MODE_WORKER_NICE", int)
+from_env("WORKER_MODE_METRICS_TOKEN")
+from_env("WORKER_MODE_NODE_NAME", alias="NODE_NAME")  # NODE_NAME: the short name, kept working
 WORKER_MODE_GUNICORN_CONFIG = str(BASE_DIR / "nocobase_site" / "gunicorn.conf.py")
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # RQ_QUEUES is left unset on purpose: worker_mode makes one queue per service key on REDIS_URL.
-RQ = {"COMMIT_MODE": "on_db_commit"}
 # django-rq's admin entry asks only for is_staff; worker_mode serves its pages with permissions.
 RQ_SHOW_ADMIN_LINK = False
 
 # Models workflows may trigger on and read/write (the demo collection).
-WORKER_MODE_WORKER_NICE = env_strict("WORKER_MODE_WORKER_NICE", 10)
-WORKER_MODE_METRICS_TOKEN = os.environ.get("WORKER_MODE_METRICS_TOKEN", "")
 WORKFLOWS_COLLECTIONS = env_list("WORKFLOWS_COLLECTIONS", "catalog.Product,catalog.Order")
 # Private addresses HTTP nodes may call; `make run` allows loopback for the demo webhook.
 WORKFLOWS_HTTP_ALLOWED_NETWORKS = env_list("WORKFLOWS_HTTP_ALLOWED_NETWORKS", "")
 
 
-# Claimed work (executions, tasks): README "Claimed work and recovery". Set only when the
-# environment names them, so the defaults live in one place (the apps' defaults.py); a value
-# that is not a number is kept as text, and the system checks name it.
-def env_number(name: str, kind: type = float):
-    raw = os.environ[name].strip()
-    try:
-        return kind(raw)
-    except ValueError:
-        return raw
-
-
-if os.environ.get("WORKER_MODE_LEASE"):
-    WORKER_MODE_LEASE = env_number("WORKER_MODE_LEASE")
-if os.environ.get("WORKER_MODE_RECOVERY_INTERVAL"):
-    WORKER_MODE_RECOVERY_INTERVAL = env_number("WORKER_MODE_RECOVERY_INTERVAL")
-if os.environ.get("WORKER_MODE_REQUEUE_INTERVAL"):
-    WORKER_MODE_REQUEUE_INTERVAL = env_number("WORKER_MODE_REQUEUE_INTERVAL")
-if os.environ.get("WORKER_MODE_QUEUED_GRACE"):
-    WORKER_MODE_QUEUED_GRACE = env_number("WORKER_MODE_QUEUED_GRACE")
-if os.environ.get("WORKFLOWS_RECOVERY"):
-    WORKFLOWS_RECOVERY = os.environ["WORKFLOWS_RECOVERY"]
-if os.environ.get("WORKFLOWS_MAX_ATTEMPTS"):
-    WORKFLOWS_MAX_ATTEMPTS = env_number("WORKFLOWS_MAX_ATTEMPTS", int)
-if os.environ.get("ASYNC_TASKS_RECOVERY"):
-    ASYNC_TASKS_RECOVERY = os.environ["ASYNC_TASKS_RECOVERY"]
-if os.environ.get("ASYNC_TASKS_MAX_ATTEMPTS"):
-    ASYNC_TASKS_MAX_ATTEMPTS = env_number("ASYNC_TASKS_MAX_ATTEMPTS", int)
+# Claimed work (executions, tasks): README "Claimed work and recovery".
+from_env("WORKER_MODE_LEASE", float)
+from_env("WORKER_MODE_RECOVERY_INTERVAL", float)
+from_env("WORKER_MODE_REQUEUE_INTERVAL", float)
+from_env("WORKER_MODE_QUEUED_GRACE", float)
+from_env("WORKFLOWS_RECOVERY")
+from_env("WORKFLOWS_MAX_ATTEMPTS", int)
+from_env("ASYNC_TASKS_RECOVERY")
+from_env("ASYNC_TASKS_MAX_ATTEMPTS", int)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -276,5 +265,5 @@ ASYNC_TASKS_MODELS = {
     },
     "catalog.Order": {"fields": ["product", "quantity", "customer", "status"]},
 }
-ASYNC_TASKS_MAX_UPLOAD_SIZE = env_value("ASYNC_TASKS_MAX_UPLOAD_SIZE", 200 * 1024 * 1024)
-ASYNC_TASKS_BATCH_SIZE = env_value("ASYNC_TASKS_BATCH_SIZE", 2000)
+from_env("ASYNC_TASKS_MAX_UPLOAD_SIZE", int)
+from_env("ASYNC_TASKS_BATCH_SIZE", int)

@@ -128,3 +128,43 @@ def test_silenced_errors_do_not_stop_startup(settings):
     settings.WORKER_MODE = "nope:x"
     settings.SILENCED_SYSTEM_CHECKS = ["worker_mode.E002"]
     validate()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "code"),
+    [
+        ("WORKER_MODE_WORKER_CLASS", "nope.Nope", "worker_mode.E013"),
+        ("WORKER_MODE_WORKER_CLASS", "collections.OrderedDict", "worker_mode.E013"),
+        ("WORKER_MODE_RESTART_LIMIT", 0, "worker_mode.E014"),
+        ("WORKER_MODE_RESTART_LIMIT", "5", "worker_mode.E014"),
+        ("WORKER_MODE_RESTART_WINDOW", 0, "worker_mode.E014"),
+        ("WORKER_MODE_WORKER_NICE", "high", "worker_mode.E015"),
+        ("WORKER_MODE_WORKER_NICE", 20, "worker_mode.E015"),
+    ],
+)
+def test_e013_e015_worker_settings(settings, setting, value, code):
+    assert check_error_codes(checks.check_worker_settings()) == []
+    setattr(settings, setting, value)
+    assert check_error_codes(checks.check_worker_settings()) == [code]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("WORKFLOWS_MAX_RECORDS", 0), ("WORKFLOWS_HTTP_MAX_RESPONSE_BYTES", "x")]
+)
+def test_workflows_e004_whole_numbers(settings, setting, value):
+    from workflows import checks as workflow_checks
+
+    setattr(settings, setting, value)
+    assert check_error_codes(workflow_checks.check_settings()) == ["workflows.E004"]
+
+
+@pytest.mark.parametrize("app", ["worker_mode", "workflows", "async_tasks"])
+def test_every_default_has_a_typed_property_and_nothing_else(app):
+    import importlib
+
+    defaults = importlib.import_module(f"{app}.defaults")
+    conf = importlib.import_module(f"{app}.conf").conf
+    names = {name for name in vars(defaults) if name.isupper()}
+    properties = {name for name, value in vars(type(conf)).items() if isinstance(value, property)}
+    assert names == properties  # one typed property per setting, its default in defaults.py
+    assert not hasattr(type(conf), "__getattr__")  # no setting read by name at run time

@@ -163,7 +163,8 @@ def test_runnode_refuses_a_public_bind_on_the_default_secret_before_any_worker_s
         ("WORKER_MODE_PROCESSES", "abc", "worker_mode.E"),  # text reaches the system checks
         ("ASYNC_TASKS_BATCH_SIZE", "x", "async_tasks.E"),
         ("CONN_MAX_AGE", "q", "CONN_MAX_AGE='q' is not a whole number."),  # no check reads it
-        ("WORKER_MODE_RESTART_LIMIT", "many", "WORKER_MODE_RESTART_LIMIT='many' is not a whole number."),
+        ("WORKER_MODE_RESTART_LIMIT", "many", "worker_mode.E014"),
+        ("WORKER_MODE_WORKER_NICE", "high", "worker_mode.E015"),
     ],
 )
 def test_environment_values_that_are_not_numbers_are_named(tmp_path, variable, value, expected):
@@ -200,3 +201,25 @@ def test_a_refused_request_is_logged_in_one_line(client, caplog, db):
     crash.status_code = 500
     RefusalsWithoutTraceback().filter(crash)
     assert crash.exc_info is not None  # a 500 keeps its traceback
+
+
+def test_settings_come_from_the_environment_only_when_set(tmp_path):
+    script = (
+        "import django; django.setup(); from django.conf import settings; from worker_mode.conf import conf; "
+        "print(conf.WORKER_MODE_NODE_NAME, conf.WORKER_MODE_RESTART_LIMIT, "
+        "hasattr(settings, 'WORKER_MODE_RESTART_LIMIT'), hasattr(settings, 'RQ'))"
+    )
+
+    def run(**env):
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=site_process_env(tmp_path, **env),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    # Unset: the app's default (one place), nothing in the site's settings; RQ (no effect) is gone.
+    assert run(WORKER_MODE_NODE_NAME="n1")[1:] == ["5", "False", "False"]
+    assert run(WORKER_MODE_NODE_NAME="n1", WORKER_MODE_RESTART_LIMIT="7")[:3] == ["n1", "7", "True"]
+    assert run(NODE_NAME="short-alias")[0] == "short-alias"  # the documented alias
+    assert run(NODE_NAME="alias", WORKER_MODE_NODE_NAME="full")[0] == "full"  # the setting's name wins

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from .conf import conf
 from .exceptions import InvalidWorkerMode, did_you_mean
@@ -143,6 +144,55 @@ def check_process_settings(app_configs: Iterable[Any] | None = None, **kwargs: A
                 f"WORKER_MODE_EXEMPT_PATHS entries must start with '/': {bad_paths!r}.",
                 hint="Use URL paths such as '/healthz'; end one with '/' to exempt a prefix.",
                 id="worker_mode.E007",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_worker_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E013: the worker class. E014: the crash budget. E015: the workers' nice value."""
+    errors: list[CheckMessage] = []
+    name = conf.WORKER_MODE_WORKER_CLASS
+    try:
+        from rq.worker import BaseWorker  # of Worker and SimpleWorker alike (rq 2.x)
+
+        worker_class = import_string(name) if isinstance(name, str) else None
+        if not (isinstance(worker_class, type) and issubclass(worker_class, BaseWorker)):
+            raise ImportError(f"{worker_class!r} is not an rq Worker class")
+    except (ImportError, ValueError) as exc:
+        errors.append(
+            Error(
+                f"WORKER_MODE_WORKER_CLASS {name!r} cannot be used: {exc}.",
+                hint="A dotted path to a subclass of rq's Worker, e.g. worker_mode.workers.DjangoWorker.",
+                id="worker_mode.E013",
+            )
+        )
+    limit = conf.WORKER_MODE_RESTART_LIMIT
+    if not _is_whole(limit, 1):
+        errors.append(
+            Error(
+                f"WORKER_MODE_RESTART_LIMIT must be a whole number >= 1, not {limit!r}.",
+                hint="How many crashes within WORKER_MODE_RESTART_WINDOW fail the node (default 5).",
+                id="worker_mode.E014",
+            )
+        )
+    window = conf.WORKER_MODE_RESTART_WINDOW
+    if not isinstance(window, numbers.Real) or isinstance(window, bool) or not window > 0:
+        errors.append(
+            Error(
+                f"WORKER_MODE_RESTART_WINDOW must be seconds > 0, not {window!r}.",
+                hint="The window in which WORKER_MODE_RESTART_LIMIT crashes fail the node (default 60).",
+                id="worker_mode.E014",
+            )
+        )
+    nice = conf.WORKER_MODE_WORKER_NICE
+    if not (_is_whole(nice, -20) and nice <= 19):
+        errors.append(
+            Error(
+                f"WORKER_MODE_WORKER_NICE must be a whole number from -20 to 19, not {nice!r}.",
+                hint="0 keeps the workers at the node's priority; the default 10 lets requests go first.",
+                id="worker_mode.E015",
             )
         )
     return errors

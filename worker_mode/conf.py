@@ -64,7 +64,7 @@ class Settings:
 
     @property
     def WORKER_MODE_WORKER_NICE(self) -> int:
-        return int(_get("WORKER_MODE_WORKER_NICE"))
+        return _get("WORKER_MODE_WORKER_NICE")
 
     @property
     def WORKER_MODE_METRICS_TOKEN(self) -> str:

@@ -62,4 +62,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             errors.append(
                 checks.Error(f"{name} is {value!r}.", hint="Use a positive number.", id="workflows.E004")
             )
+    for name in ("WORKFLOWS_MAX_RECORDS", "WORKFLOWS_HTTP_MAX_RESPONSE_BYTES"):
+        value = getattr(conf, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            errors.append(
+                checks.Error(f"{name} is {value!r}.", hint="Use a whole number >= 1.", id="workflows.E004")
+            )
     return errors

@@ -1,4 +1,8 @@
-"""The workflows app's settings, read lazily (``override_settings`` works); defaults in ``defaults.py``."""
+"""The workflows app's settings, read lazily so that ``override_settings`` works.
+
+Every property keeps the setting's own name; defaults live in ``defaults.py``; the system
+checks (``workflows.checks``) validate them.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,26 @@ def _get(name: str) -> Any:
 
 class Settings:
     @property
+    def WORKFLOWS_COLLECTIONS(self) -> tuple[str, ...]:
+        return tuple(_get("WORKFLOWS_COLLECTIONS"))
+
+    @property
+    def WORKFLOWS_HTTP_ALLOWED_NETWORKS(self) -> tuple[str, ...]:
+        return tuple(_get("WORKFLOWS_HTTP_ALLOWED_NETWORKS"))
+
+    @property
+    def WORKFLOWS_HTTP_MAX_TIMEOUT(self) -> float:
+        return _get("WORKFLOWS_HTTP_MAX_TIMEOUT")
+
+    @property
+    def WORKFLOWS_HTTP_MAX_RESPONSE_BYTES(self) -> int:
+        return _get("WORKFLOWS_HTTP_MAX_RESPONSE_BYTES")
+
+    @property
+    def WORKFLOWS_MAX_RECORDS(self) -> int:
+        return _get("WORKFLOWS_MAX_RECORDS")
+
+    @property
     def WORKFLOWS_RECOVERY(self) -> str:
         return _get("WORKFLOWS_RECOVERY")
 
@@ -22,13 +46,9 @@ class Settings:
     def WORKFLOWS_MAX_ATTEMPTS(self) -> int:
         return _get("WORKFLOWS_MAX_ATTEMPTS")
 
-    def __getattr__(self, name: str) -> Any:
-        if not name.startswith("WORKFLOWS_"):
-            raise AttributeError(name)
-        value = _get(name)
-        if name in ("WORKFLOWS_COLLECTIONS", "WORKFLOWS_HTTP_ALLOWED_NETWORKS"):
-            return tuple(value)
-        return value
+    @property
+    def WORKFLOWS_TICK_INTERVAL(self) -> float:
+        return _get("WORKFLOWS_TICK_INTERVAL")
 
 
 conf = Settings()
