@@ -7,7 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +45,9 @@ def test_ctrl_c_stops_the_node_and_the_private_redis_it_started(project):
     node = subprocess.Popen(
         [project / "scripts" / "run_node.sh", "sleep", "60"], start_new_session=True
     )  # its own process group, like a terminal's foreground job
-    time.sleep(0.5)
+    # The script has started the node (its child) and set its traps: then Ctrl-C.
+    children = Path(f"/proc/{node.pid}/task/{node.pid}/children")
+    wait_until(lambda: children.read_text().strip(), timeout=10)
     os.killpg(node.pid, signal.SIGINT)  # what Ctrl-C does
     assert node.wait(timeout=20) == 130
     wait_until(lambda: not alive(pid), timeout=10)

@@ -99,7 +99,7 @@ def check_process_settings(app_configs: Iterable[Any] | None = None, **kwargs: A
                 id="worker_mode.E004",
             )
         )
-    per_service = getattr(settings, "WORKER_MODE_SERVICE_PROCESSES", {})
+    per_service = conf.WORKER_MODE_SERVICE_PROCESSES
     if not isinstance(per_service, dict):
         errors.append(
             Error(

@@ -36,7 +36,8 @@ class Settings:
 
     @property
     def WORKER_MODE_SERVICE_PROCESSES(self) -> dict[str, int]:
-        return dict(_get("WORKER_MODE_SERVICE_PROCESSES"))
+        value = _get("WORKER_MODE_SERVICE_PROCESSES")
+        return dict(value) if isinstance(value, dict) else value  # worker_mode.E005 names the rest
 
     @property
     def WORKER_MODE_SHUTDOWN_GRACE(self) -> float:
