@@ -220,3 +220,13 @@ def test_workermode_cluster_exits_non_zero_while_a_key_is_uncovered(redis_conn):
         assert raised.value.returncode == UNCOVERED_EXIT == 3
         assert "workflow:process" in str(raised.value)
         assert "workflow:process" in out.getvalue()  # the report is printed before the exit
+
+
+def test_the_version_is_that_of_the_distribution_providing_worker_mode():
+    from importlib.metadata import packages_distributions, version
+
+    (name,) = set(packages_distributions()["worker_mode"])  # this checkout installs one distribution
+    assert presence.describe_process("x")["version"] == version(name)
+    from pathlib import Path
+
+    assert "nocobase" not in Path(presence.__file__).read_text()  # the reusable app names no site

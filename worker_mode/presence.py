@@ -51,12 +51,16 @@ def get_connection() -> Redis:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    """The version of the installed distribution that provides worker_mode (whatever the project
+    calls it), so the Cluster page shows which release each node runs."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
-    try:
-        return version("nocobase-site")
-    except PackageNotFoundError:
-        return "unknown"
+    for name in packages_distributions().get(__package__ or "worker_mode", []):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def describe_process(role: str, *, processes: int = 1, services: list[str] | None = None) -> dict[str, Any]:
