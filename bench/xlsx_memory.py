@@ -54,6 +54,16 @@ WORKBOOK_RELS = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
 MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 
 
+def _workbook(path: Path, *, compresslevel: int) -> zipfile.ZipFile:
+    """A workbook's zip with its fixed parts written; the caller adds the strings and the sheet."""
+    book = zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel)
+    book.writestr("[Content_Types].xml", CONTENT_TYPES)
+    book.writestr("_rels/.rels", RELS)
+    book.writestr("xl/workbook.xml", WORKBOOK)
+    book.writestr("xl/_rels/workbook.xml.rels", WORKBOOK_RELS)
+    return book
+
+
 def write_workbook(path: Path, rows: int) -> tuple[int, int]:
     """A workbook of ``rows`` products; returns (file size, unpacked size of sharedStrings.xml)."""
     rng = random.Random(7)
@@ -62,11 +72,7 @@ def write_workbook(path: Path, rows: int) -> tuple[int, int]:
         for _ in range(5000)
     ]
     header = ["sku", "name", "price", "quantity"]
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as book:
-        book.writestr("[Content_Types].xml", CONTENT_TYPES)
-        book.writestr("_rels/.rels", RELS)
-        book.writestr("xl/workbook.xml", WORKBOOK)
-        book.writestr("xl/_rels/workbook.xml.rels", WORKBOOK_RELS)
+    with _workbook(path, compresslevel=1) as book:
         with book.open("xl/sharedStrings.xml", "w") as strings:
             strings.write(f'<?xml version="1.0" encoding="UTF-8"?><sst xmlns="{MAIN}">'.encode())
             for text in header:
@@ -101,11 +107,7 @@ def write_hostile(path: Path, shape: str, size: int) -> tuple[int, int]:
     header = '<row r="1">' + "".join(
         f'<c t="inlineStr"><is><t>{name}</t></is></c>' for name in ("sku", "name", "price")
     ) + "</row>"  # fmt: skip
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as book:
-        book.writestr("[Content_Types].xml", CONTENT_TYPES)
-        book.writestr("_rels/.rels", RELS)
-        book.writestr("xl/workbook.xml", WORKBOOK)
-        book.writestr("xl/_rels/workbook.xml.rels", WORKBOOK_RELS)
+    with _workbook(path, compresslevel=9) as book:
         with book.open("xl/sharedStrings.xml", "w") as strings:
             strings.write(f'<?xml version="1.0" encoding="UTF-8"?><sst xmlns="{MAIN}">'.encode())
             if shape == "long-string":

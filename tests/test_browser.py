@@ -58,6 +58,19 @@ def node(start_node, site_env, task_storage):
     return base
 
 
+def log_in(driver, node: str, username: str) -> None:
+    """A new superuser ``username``, logged in to the admin through its login form."""
+    from selenium.webdriver.common.by import By
+
+    password = f"pw-{username}-12345"
+    User.objects.create_superuser(username, f"{username}@example.com", password)
+    driver.get(f"{node}/admin/login/")
+    driver.find_element(By.ID, "id_username").send_keys(username)
+    driver.find_element(By.ID, "id_password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait_until(lambda: "Site administration" in driver.title, timeout=15)
+
+
 def shot(driver, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / name
@@ -69,12 +82,7 @@ def shot(driver, name: str) -> Path:
 def test_the_admin_in_a_browser(browser, node, tmp_path):
     from selenium.webdriver.common.by import By
 
-    User.objects.create_superuser("admin", "admin@example.com", "pw-admin-12345")
-    browser.get(f"{node}/admin/login/")
-    browser.find_element(By.ID, "id_username").send_keys("admin")
-    browser.find_element(By.ID, "id_password").send_keys("pw-admin-12345")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    wait_until(lambda: "Site administration" in browser.title, timeout=15)
+    log_in(browser, node, "admin")
     shot(browser, "01-admin-index.png")
 
     # The Cluster page shows this node's processes and both services served by it.
@@ -128,12 +136,7 @@ def test_a_workflow_built_with_the_forms_and_the_picker(browser, node):
 
     from workflows.models import Workflow
 
-    User.objects.create_superuser("builder", "builder@example.com", "pw-builder-12345")
-    browser.get(f"{node}/admin/login/")
-    browser.find_element(By.ID, "id_username").send_keys("builder")
-    browser.find_element(By.ID, "id_password").send_keys("pw-builder-12345")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    wait_until(lambda: "Site administration" in browser.title, timeout=15)
+    log_in(browser, node, "builder")
 
     def visible(element) -> bool:
         return element.is_displayed()

@@ -5,6 +5,7 @@ Ids are stable and never reused; the README lists every one.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -129,7 +130,7 @@ def check_process_settings(app_configs: Iterable[Any] | None = None, **kwargs: A
                 )
             )
     grace = conf.WORKER_MODE_SHUTDOWN_GRACE
-    if not isinstance(grace, numbers.Real) or isinstance(grace, bool) or grace < 0:
+    if not _is_seconds(grace, 0, math.inf):
         errors.append(
             Error(
                 f"WORKER_MODE_SHUTDOWN_GRACE must be seconds >= 0, not {grace!r}.",
@@ -178,7 +179,7 @@ def check_worker_settings(app_configs: Iterable[Any] | None = None, **kwargs: An
             )
         )
     window = conf.WORKER_MODE_RESTART_WINDOW
-    if not isinstance(window, numbers.Real) or isinstance(window, bool) or not window > 0:
+    if not _is_seconds(window, 0, math.inf) or window == 0:
         errors.append(
             Error(
                 f"WORKER_MODE_RESTART_WINDOW must be seconds > 0, not {window!r}.",

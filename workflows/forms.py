@@ -250,6 +250,15 @@ def _types_attr(field: str, table: dict[str, tuple[str, ...]]) -> str:
     return " ".join(kind for kind, names in table.items() if field in names)
 
 
+def json_view_field(what: str) -> forms.BooleanField:
+    """The "Edit as JSON" box of a form whose fields build a JSON ``what``."""
+    return forms.BooleanField(
+        required=False,
+        label="Edit as JSON",
+        help_text=f"Use the JSON {what} below as it is, instead of the fields above.",
+    )
+
+
 class _TypedConfigForm(forms.ModelForm):
     """Shared by the node and the workflow form: per-type fields that build a JSON config."""
 
@@ -319,11 +328,7 @@ class NodeForm(_TypedConfigForm):
     message = forms.CharField(
         required=False, strip=False, label="Message", widget=forms.TextInput(attrs={"size": 70})
     )
-    advanced = forms.BooleanField(
-        required=False,
-        label="Edit as JSON",
-        help_text="Use the JSON config below as it is, instead of the fields above.",
-    )
+    advanced = json_view_field("config")
 
     class Meta:
         model = Node
@@ -485,11 +490,7 @@ class WorkflowForm(_TypedConfigForm):
         required=False, label="Start", help_text="ISO time, e.g. 2026-01-31T08:00:00Z"
     )
     trigger_end = forms.CharField(required=False, label="End")
-    advanced = forms.BooleanField(
-        required=False,
-        label="Edit as JSON",
-        help_text="Use the JSON trigger config below as it is, instead of the fields above.",
-    )
+    advanced = json_view_field("trigger config")
 
     class Meta:
         model = Workflow
