@@ -4,7 +4,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 private_redis=""
-if [ -s var/redis/redis.pid ] && kill -0 "$(cat var/redis/redis.pid)" 2>/dev/null; then
+pid=""
+[ -s var/redis/redis.pid ] && read -r pid < var/redis/redis.pid  # a builtin: no fork before the traps
+if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     private_redis=yes
 fi
 cleanup() {

@@ -37,6 +37,15 @@ def alive(pid: int) -> bool:
     return "Z" not in open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0]
 
 
+def node_started(script_pid: int) -> bool:
+    children = Path(f"/proc/{script_pid}/task/{script_pid}/children").read_text().split()
+    for child in children:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == b"sleep":
+                return True
+    return False
+
+
 def test_ctrl_c_stops_the_node_and_the_private_redis_it_started(project):
     url = f"redis://127.0.0.1:{free_port()}/0"
     subprocess.run([project / "scripts" / "ensure_redis.sh", "start", url], check=True, timeout=30)
@@ -45,9 +54,9 @@ def test_ctrl_c_stops_the_node_and_the_private_redis_it_started(project):
     node = subprocess.Popen(
         [project / "scripts" / "run_node.sh", "sleep", "60"], start_new_session=True
     )  # its own process group, like a terminal's foreground job
-    # The script has started the node (its child) and set its traps: then Ctrl-C.
-    children = Path(f"/proc/{node.pid}/task/{node.pid}/children")
-    wait_until(lambda: children.read_text().strip(), timeout=10)
+    # The script has set its traps and started the node (its child runs `sleep`): then Ctrl-C.
+    # (Any child is not enough: the script's `$(cat …)` forks one before the traps are set.)
+    wait_until(lambda: node_started(node.pid), timeout=10)
     os.killpg(node.pid, signal.SIGINT)  # what Ctrl-C does
     assert node.wait(timeout=20) == 130
     wait_until(lambda: not alive(pid), timeout=10)
