@@ -20,17 +20,17 @@ WF, AT = "workflow:process", "async-task:process"
 
 # -- planning ----------------------------------------------------------------------
 def names(mode: str) -> list[str]:
-    return [child.name for child in plan_children(parse(mode))]
+    return [child.name for child in plan_children(parse(mode), processes=1)]
 
 
 @pytest.mark.parametrize(
     ("mode", "children"),
     [
-        ("", ["gunicorn", "workers"]),
+        ("", ["gunicorn", "periodic", "worker shared#0"]),
         ("!", ["gunicorn"]),
-        ("*", ["gunicorn", "workers"]),
-        ("workflow:process", ["gunicorn", "workers"]),
-        ("!,workflow:process", ["gunicorn", "workers"]),
+        ("*", ["gunicorn", "periodic", "worker shared#0"]),
+        ("workflow:process", ["gunicorn", "periodic", "worker shared#0"]),
+        ("!,workflow:process", ["gunicorn", "periodic", "worker shared#0"]),
         ("-", []),
     ],
 )
@@ -39,7 +39,7 @@ def test_what_each_mode_starts(mode, children):
 
 
 def test_non_request_nodes_run_one_gunicorn_worker():
-    [gunicorn, _] = plan_children(parse("*"), bind="127.0.0.1:9000", http_workers=8)
+    gunicorn = plan_children(parse("*"), bind="127.0.0.1:9000", http_workers=8)[0]
     argv = gunicorn.argv
     assert argv[argv.index("--workers") + 1] == "1"
     assert argv[argv.index("--bind") + 1] == "127.0.0.1:9000"
@@ -51,9 +51,28 @@ def test_request_nodes_take_the_http_worker_count():
     assert gunicorn.argv[gunicorn.argv.index("--workers") + 1] == "3"
 
 
-def test_worker_options_are_passed_on():
-    [_, workers] = plan_children(parse("*"), processes=4, with_scheduler=True, verbosity=2)
-    assert workers.argv[-4:] == ["runworkers", "--verbosity=2", "--processes=4", "--with-scheduler"]
+def test_worker_options_are_passed_on(settings):
+    settings.WORKER_MODE_SERVICE_PROCESSES = {AT: 2}
+    children = plan_children(parse("*"), processes=3, with_scheduler=True, log_level="DEBUG")
+    workers = [child for child in children if child.name.startswith("worker ")]
+    assert [w.name for w in workers] == [f"worker shared#{i}" for i in range(3)] + [
+        f"worker {AT}#{i}" for i in range(2)
+    ]
+    # args: group, index, burst, with_scheduler (the first of each group), worker class, log level
+    assert [w.args[3] for w in workers] == [True, False, False, True, False]
+    assert {w.args[5] for w in workers} == {"DEBUG"}
+    assert {w.on_exit for w in workers} == {"restart"}
+
+
+def test_gunicorn_stops_the_node_and_the_periodic_process_gates_the_workers():
+    gunicorn, periodic, worker = plan_children(parse("*"), processes=1)
+    assert (gunicorn.on_exit, gunicorn.cold_signal, gunicorn.hangup_signal) == (
+        "stop",
+        signal.SIGINT,
+        signal.SIGHUP,
+    )
+    assert periodic.gate and periodic.helper and periodic.wake_signal == signal.SIGUSR1
+    assert worker.on_exit == "restart" and not worker.helper
 
 
 # -- real nodes ----------------------------------------------------------------------

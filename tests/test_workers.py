@@ -12,7 +12,7 @@ from rq import Worker as RqWorker
 
 from worker_mode import get_queue
 from worker_mode.exceptions import WorkerModeError
-from worker_mode.workers import DjangoForkWorker, DjangoWorker, WorkerGroup, plan_groups
+from worker_mode.workers import RQ_CHECKED, DjangoForkWorker, DjangoWorker, WorkerGroup, plan_groups
 
 from .conftest import wait_until
 
@@ -39,6 +39,24 @@ def test_plan_ignores_counts_of_services_this_node_does_not_serve():
 def test_plan_refuses_an_empty_shared_pool():
     with pytest.raises(WorkerModeError, match="async-task:process have no dedicated processes"):
         plan_groups((WF, AT), 0, {WF: 1})
+
+
+# -- rq internals ------------------------------------------------------------------
+def test_the_rq_code_the_worker_classes_rely_on_is_the_code_they_were_checked_against():
+    import hashlib
+    import inspect
+
+    import rq
+
+    found = {}
+    for name in RQ_CHECKED:
+        owner, method = name.split(".")
+        function = getattr(rq.worker, owner).__dict__[method]
+        found[name] = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+    assert found == RQ_CHECKED, (
+        f"rq {rq.__version__} changed code that worker_mode.workers copies or relies on: read it, adapt "
+        "DjangoWorker/FewerRoundTrips, then update RQ_CHECKED"
+    )
 
 
 # -- refusing --------------------------------------------------------------------

@@ -1,24 +1,33 @@
-"""Run the served services' periodic tasks (recovery, schedules) from ``runworkers``.
+"""Run the served services' periodic tasks (recovery, schedules) in a process of their own.
 
 Each task runs at start and then every ``every`` seconds on every node that
 serves its service; a non-blocking Redis lock makes one node at a time run it,
 so N worker nodes do not do the same sweep N times. Besides the tasks services
 declare, every served key with claimed-work models gets worker_mode's recovery
 sweeps (``claims.periodic_tasks``).
+
+``runnode`` and ``runworkers`` run them in the ``periodic`` child
+(:func:`periodic_child`), beside the worker processes and not inside the
+supervisor's loop, so a slow sweep never delays a shutdown or a restart. The
+child waits for the database's migrations and runs every task once before the
+workers start (work left behind by a previous run is queued again first);
+SIGUSR1 (sent when a worker process was replaced) runs them all at once.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterable
 
-from django.db import connections
 from django.utils.module_loading import import_string
 from redis import RedisError
 
+from .conf import conf
 from .queues import get_connection
 from .registry import PeriodicTask, services
+from .supervisor import Child, Restart
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +148,56 @@ def _run(task: PeriodicTask) -> bool:
     except Exception:
         logger.exception("Periodic task %s failed", task.name)
         return False
-    finally:
-        # The supervisor forks workers: it must not keep a connection a child could inherit mid-use.
-        connections.close_all()
+
+
+#: How often the periodic process looks at its signals and due times (seconds).
+_TICK = 0.2
+
+
+def run_forever(keys: tuple[str, ...], ready: Callable[[], None]) -> None:
+    """The periodic process: wait for migrations, run every task once, call ``ready``, then run
+    tasks when due. SIGUSR1 runs them all at once; SIGTERM ends it after the running task (a
+    second SIGTERM, the cold stop, ends it at once)."""
+    from .startup import wait_for_migrations
+    from .workers import close_old_db_connections
+
+    state = {"stop": False, "wake": False}
+
+    def on_stop(signum: int, frame: object) -> None:
+        state["stop"] = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def on_wake(signum: int, frame: object) -> None:
+        state["wake"] = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGUSR1, on_wake)
+    # Workers and recovery sweeps need the tables: one clear line while they are missing, not a
+    # traceback per job or per tick.
+    wait_for_migrations(stop=lambda: state["stop"])
+    runner = PeriodicRunner(keys)
+    if not state["stop"]:
+        runner.run_due(force=True)  # recovery first, before any worker takes a job
+        ready()
+    while not state["stop"]:
+        force, state["wake"] = state["wake"], False
+        runner.run_due(force=force)
+        close_old_db_connections()  # between sweeps as between requests: no broken or expired one kept
+        due = min(runner.next_run.values(), default=runner.clock() + 60.0)
+        while not (state["stop"] or state["wake"]) and runner.clock() < due:
+            time.sleep(_TICK)
+
+
+def periodic_child(keys: Iterable[str]) -> Child:
+    """The periodic process of a node serving ``keys``, for the supervisor; the worker processes
+    listed after it start once it has run every task once."""
+    return Child(
+        "periodic",
+        target=run_forever,
+        args=(tuple(keys),),
+        gate=True,
+        helper=True,
+        wake_signal=signal.SIGUSR1,
+        grace=conf.WORKER_MODE_SHUTDOWN_GRACE,
+        restart=Restart(conf.WORKER_MODE_RESTART_LIMIT, conf.WORKER_MODE_RESTART_WINDOW),
+    )

@@ -1,26 +1,20 @@
-"""Start and supervise the RQ worker processes of the services this node serves.
+"""The RQ worker processes of the services this node serves, and ``runworkers``.
 
 A node runs groups of worker processes: one group per service that has a
 dedicated count in WORKER_MODE_SERVICE_PROCESSES (so a flood of imports cannot
-starve workflows), and one shared group for the other served services. The
-supervisor restarts a crashed process, gives up (exit 1) when one crash-loops,
-and on SIGTERM asks every worker for a warm shutdown, turning it cold after
-WORKER_MODE_SHUTDOWN_GRACE seconds or on a second SIGTERM/SIGINT.
+starve workflows), and one shared group for the other served services. They
+run under :mod:`worker_mode.supervisor` beside the periodic process: a crashed
+one is restarted, one that crash-loops fails the node (exit 1); SIGTERM is a
+warm shutdown, turning cold after WORKER_MODE_SHUTDOWN_GRACE seconds or on a
+second SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
-import multiprocessing
 import os
-import signal
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from multiprocessing.connection import wait
-from multiprocessing.process import BaseProcess
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
@@ -34,18 +28,13 @@ from .cluster import set_current_worker_name
 from .conf import conf
 from .exceptions import WorkerModeError
 from .node import current_mode, served_keys
-from .periodic import PeriodicRunner
+from .periodic import periodic_child
 from .queues import get_connection, get_queue
 from .registry import services
-from .startup import validate, wait_for_migrations
+from .startup import validate
+from .supervisor import Child, Restart, Supervisor
 
 logger = logging.getLogger(__name__)
-
-#: rq ignores a second stop signal that arrives within 1 s of the first.
-_RQ_DUPLICATE_SIGNAL_WINDOW = 1.1
-#: How long a cold-stopped worker gets before SIGKILL.
-_COLD_STOP_TIMEOUT = 10.0
-_FORK = multiprocessing.get_context("fork")
 
 
 def close_old_db_connections(*, trust_open: bool = False) -> None:
@@ -73,18 +62,14 @@ DB_HEALTH_CHECK_IDLE = 1.0
 SUSPENSION_CHECK_INTERVAL = 1.0
 
 
-class DjangoWorkerMixin:
-    """Treat each job like a request: no stale or broken DB connection survives it.
+class DatabaseHygiene:
+    """Treat each job like a request: no stale or broken database connection survives it.
 
-    Between back-to-back jobs it also skips what a busy worker does not need
-    to repeat: the ``SELECT 1`` health check of a connection that served the
-    previous job a moment ago, and rq's repeated idle-state and heartbeat
-    writes (a handful of Redis round trips per job).
+    A connection that served the previous job a moment ago is not health-checked
+    (``SELECT 1``) again before the next one.
     """
 
     _job_ended_at: float | None = None
-    _default_heartbeat_at: float | None = None
-    _suspension_checked_at: float | None = None
 
     def execute_job(self, job: Any, queue: Any) -> Any:
         self._before_job()
@@ -101,6 +86,25 @@ class DjangoWorkerMixin:
     def _after_job(self) -> None:
         close_old_db_connections(trust_open=True)
         self._job_ended_at = time.monotonic()
+
+
+#: The rq code the worker classes below copy or rely on, as checked (rq 2.12.0): the SHA-256
+#: (first 16 hex digits) of each function's source. ``tests/test_workers.py`` fails when an rq
+#: release changes one of them: read the new code, adapt the classes, then update the digest.
+RQ_CHECKED = {
+    "SimpleWorker.execute_job": "d8a40d49f515b558",  # copied into DjangoWorker.execute_job
+    "BaseWorker.set_state": "bb8d4f1d93ff078b",  # keeps the state written in self._state
+    "BaseWorker.heartbeat": "d00c83971db2d72f",  # timeout None: the worker's own heartbeat
+    "BaseWorker.check_for_suspension": "e8095ae1fcf966bd",  # only reads: safe to skip for 1 s
+}
+
+
+class FewerRoundTrips:
+    """Skip what a busy worker does not need to repeat between back-to-back jobs: rq's idle-state
+    and heartbeat writes and its suspension check (a handful of Redis round trips per job)."""
+
+    _default_heartbeat_at: float | None = None
+    _suspension_checked_at: float | None = None
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if timeout is not None:  # a job's heartbeat, with the job's timeout: always sent
@@ -127,7 +131,7 @@ class DjangoWorkerMixin:
         super().check_for_suspension(burst)  # type: ignore[misc]
 
 
-class DjangoWorker(DjangoWorkerMixin, SimpleWorker):
+class DjangoWorker(DatabaseHygiene, FewerRoundTrips, SimpleWorker):
     """Runs jobs in the worker process itself: no fork per job, so no fork cost.
 
     Isolation comes from the supervisor instead: a process that dies is
@@ -138,8 +142,8 @@ class DjangoWorker(DjangoWorkerMixin, SimpleWorker):
     log_result_lifespan = False
 
     def execute_job(self, job: Any, queue: Any) -> Any:
-        # SimpleWorker.execute_job, with the idle state and the heartbeat that follow a job
-        # written in one round trip instead of three.
+        # SimpleWorker.execute_job (RQ_CHECKED), with the idle state and the heartbeat that follow
+        # a job written in one round trip instead of three.
         self._before_job()
         try:
             self.prepare_execution(job)
@@ -153,7 +157,7 @@ class DjangoWorker(DjangoWorkerMixin, SimpleWorker):
         self._default_heartbeat_at = time.monotonic()
 
 
-class DjangoForkWorker(DjangoWorkerMixin, Worker):
+class DjangoForkWorker(DatabaseHygiene, FewerRoundTrips, Worker):
     """rq's forking worker (a work horse per job), with Django connections closed before each fork."""
 
     def fork_work_horse(self, job: Any, queue: Any) -> None:
@@ -186,15 +190,6 @@ def plan_groups(
     return dedicated
 
 
-def _set_parent_death_signal(sig: int) -> None:
-    """Linux: get ``sig`` when the supervisor dies, so no worker outlives it unnoticed."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def wait_for_redis(key: str) -> None:
     """Block until the queue's Redis answers, backing off up to 30 s between tries."""
     delay = 0.5
@@ -211,13 +206,6 @@ def wait_for_redis(key: str) -> None:
 def _worker_main(
     group: WorkerGroup, index: int, burst: bool, with_scheduler: bool, worker_class_path: str, log_level: str
 ) -> None:
-    # Own process group: a terminal's Ctrl-C reaches the supervisor only, which
-    # then stops workers in order instead of every process at once.
-    os.setpgid(0, 0)
-    _set_parent_death_signal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    connections.close_all()  # the parent's sockets must not be shared
     if conf.WORKER_MODE_WORKER_NICE:
         # Background work yields the CPU to request handling on the same machine.
         try:
@@ -237,180 +225,53 @@ def _worker_main(
     worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
 
 
-@dataclass
-class _Slot:
-    group: WorkerGroup
-    index: int
-    process: BaseProcess | None = None
-    restart_at: float | None = None
-    crashes: deque[float] = field(default_factory=deque)
-
-    @property
-    def label(self) -> str:
-        return f"{self.group.name}#{self.index}"
-
-
-class Supervisor:
-    """Runs the worker groups and keeps them running until told to stop."""
-
-    def __init__(
-        self,
-        groups: list[WorkerGroup],
-        *,
-        burst: bool = False,
-        with_scheduler: bool = False,
-        grace: float | None = None,
-        worker_class: str | None = None,
-        log_level: str = "INFO",
-        restart_limit: int | None = None,
-        restart_window: float | None = None,
-        periodic: PeriodicRunner | None = None,
-    ) -> None:
-        self.periodic = periodic
-        self.slots = [_Slot(group, index) for group in groups for index in range(group.processes)]
-        self.burst = burst
-        self.with_scheduler = with_scheduler
-        self.grace = conf.WORKER_MODE_SHUTDOWN_GRACE if grace is None else grace
-        self.worker_class = worker_class or conf.WORKER_MODE_WORKER_CLASS
-        self.log_level = log_level
-        self.restart_limit = conf.WORKER_MODE_RESTART_LIMIT if restart_limit is None else restart_limit
-        self.restart_window = conf.WORKER_MODE_RESTART_WINDOW if restart_window is None else restart_window
-        self.stop_requests = 0
-        self.failed = False
-        self._warm_sent_at: float | None = None
-        self._cold_at: float | None = None
-        self._cold_sent_at: float | None = None
-
-    # -- signals -------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.stop_requests += 1
-        if self.stop_requests == 1:
-            logger.info(
-                "Got %s: warm shutdown, running jobs may finish (grace %.0f s)",
-                signal.Signals(signum).name,
-                self.grace,
-            )
-        else:
-            logger.warning("Got %s again: cold shutdown", signal.Signals(signum).name)
-
-    def _install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-
-    # -- processes -----------------------------------------------------------
-    def _run_periodic(self, *, force: bool = False) -> None:
-        if self.periodic is not None:
-            self.periodic.run_due(force=force)
-
-    def _start(self, slot: _Slot) -> None:
-        connections.close_all()
-        with_scheduler = self.with_scheduler and slot.index == 0
-        slot.process = _FORK.Process(
+def worker_children(
+    groups: list[WorkerGroup],
+    *,
+    burst: bool = False,
+    with_scheduler: bool = False,
+    grace: float | None = None,
+    worker_class: str | None = None,
+    log_level: str = "INFO",
+) -> list[Child]:
+    """The worker processes of ``groups``, for the supervisor: a crashed one is restarted within
+    the crash budget; in burst mode each ends when its queues are drained."""
+    budget = Restart(conf.WORKER_MODE_RESTART_LIMIT, conf.WORKER_MODE_RESTART_WINDOW)
+    worker_class = worker_class or conf.WORKER_MODE_WORKER_CLASS
+    return [
+        Child(
+            f"worker {group.name}#{index}",
             target=_worker_main,
-            args=(slot.group, slot.index, self.burst, with_scheduler, self.worker_class, self.log_level),
-            name=f"rq worker {slot.label}",
-            daemon=False,
+            args=(group, index, burst, with_scheduler and index == 0, worker_class, log_level),
+            detail=f"on {', '.join(group.queues)}",
+            grace=conf.WORKER_MODE_SHUTDOWN_GRACE if grace is None else grace,
+            on_exit="finish" if burst else "restart",
+            restart=budget,
         )
-        slot.process.start()
-        slot.restart_at = None
-        logger.info(
-            "Started worker %s (pid %s) on %s", slot.label, slot.process.pid, ", ".join(slot.group.queues)
-        )
+        for group in groups
+        for index in range(group.processes)
+    ]
 
-    def _live(self) -> list[_Slot]:
-        return [s for s in self.slots if s.process is not None and s.process.is_alive()]
 
-    def _signal_all(self, sig: int) -> None:
-        for slot in self._live():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.process.pid, sig)  # type: ignore[union-attr]
+def is_worker(child: Child) -> bool:
+    return child.target is _worker_main
 
-    def _reap(self, now: float) -> None:
-        for slot in self.slots:
-            process = slot.process
-            if process is None or process.is_alive():
-                continue
-            process.join()
-            code = process.exitcode
-            slot.process = None
-            if self.stop_requests or self.failed:
-                logger.info("Worker %s stopped (exit %s)", slot.label, code)
-            elif self.burst:
-                if code != 0:
-                    logger.error("Worker %s exited with %s in burst mode", slot.label, code)
-                    self.failed = True
-            else:
-                self._schedule_restart(slot, code, now)
 
-    def _schedule_restart(self, slot: _Slot, code: int | None, now: float) -> None:
-        slot.crashes.append(now)
-        while slot.crashes and slot.crashes[0] < now - self.restart_window:
-            slot.crashes.popleft()
-        if len(slot.crashes) >= self.restart_limit:
-            logger.error(
-                "Worker %s exited with %s: %d crashes within %.0f s, giving up and stopping the node",
-                slot.label,
-                code,
-                len(slot.crashes),
-                self.restart_window,
-            )
-            self.failed = True
-            return
-        delay = min(0.5 * 2 ** (len(slot.crashes) - 1), 30.0)
-        slot.restart_at = now + delay
-        logger.warning("Worker %s exited with %s; restarting in %.1f s", slot.label, code, delay)
-
-    def _advance_shutdown(self, now: float) -> None:
-        if self._warm_sent_at is None:
-            self._warm_sent_at = now
-            self._cold_at = now + max(self.grace, _RQ_DUPLICATE_SIGNAL_WINDOW)
-            self._signal_all(signal.SIGTERM)
-            return
-        if self.stop_requests > 1 and self._cold_sent_at is None:
-            self._cold_at = min(
-                self._cold_at or now, max(now, self._warm_sent_at + _RQ_DUPLICATE_SIGNAL_WINDOW)
-            )
-        if self._cold_sent_at is None and now >= (self._cold_at or now):
-            if self._live():
-                logger.warning("Cold shutdown: interrupting %d worker(s) still running", len(self._live()))
-            self._cold_sent_at = now
-            self._signal_all(signal.SIGTERM)
-        elif (
-            self._cold_sent_at is not None and now >= self._cold_sent_at + _COLD_STOP_TIMEOUT and self._live()
-        ):
-            logger.error("Killing %d worker(s) that ignored the cold shutdown", len(self._live()))
-            self._signal_all(signal.SIGKILL)
-
-    def run(self) -> int:
-        """Run until stopped (or, in burst mode, until the queues are drained). Returns an exit code."""
-        self._install_signal_handlers()
-        # Recovery first: work left behind by a previous run is queued again before workers take jobs.
-        self._run_periodic(force=True)
-        for slot in self.slots:
-            self._start(slot)
-        while True:
-            now = time.monotonic()
-            self._reap(now)
-            if self.stop_requests or self.failed:
-                self._advance_shutdown(now)
-                if not self._live():
-                    break
-            elif self.burst and not self._live():
-                break
-            else:
-                due = [s for s in self.slots if s.process is None and (s.restart_at or now + 1) <= now]
-                # A replaced worker may have left work half done: recover it at once, not at the next sweep.
-                self._run_periodic(force=bool(due))
-                for slot in due:
-                    self._start(slot)
-            sentinels = [s.process.sentinel for s in self._live()]  # type: ignore[union-attr]
-            if sentinels:
-                wait(sentinels, timeout=0.2)
-            else:
-                time.sleep(0.2)
-        if self.failed:
-            return 1
-        return 0
+def node_children(keys: tuple[str, ...], *, processes: int | None = None, **options: Any) -> list[Child]:
+    """What a node serving ``keys`` runs for them: the periodic process, then the worker groups."""
+    groups = plan_groups(
+        keys,
+        conf.WORKER_MODE_PROCESSES if processes is None else processes,
+        conf.WORKER_MODE_SERVICE_PROCESSES,
+    )
+    logger.info(
+        "Node %s (WORKER_MODE=%r, %s): %s",
+        conf.WORKER_MODE_NODE_NAME,
+        current_mode().raw,
+        current_mode().describe(),
+        "; ".join(f"{g.processes} x [{', '.join(g.queues)}]" for g in groups),
+    )
+    return [periodic_child(keys), *worker_children(groups, **options)]
 
 
 def run(
@@ -430,31 +291,17 @@ def run(
             f"WORKER_MODE {mode.raw!r} serves no background services, so runworkers has nothing to run; "
             f"set WORKER_MODE to '*' or to service keys ({', '.join(services.keys()) or 'none registered'})."
         )
-    groups = plan_groups(
+    children = node_children(
         keys,
-        conf.WORKER_MODE_PROCESSES if processes is None else processes,
-        conf.WORKER_MODE_SERVICE_PROCESSES,
-    )
-    logger.info(
-        "Node %s (WORKER_MODE=%r, %s): %s",
-        conf.WORKER_MODE_NODE_NAME,
-        mode.raw,
-        mode.describe(),
-        "; ".join(f"{g.processes} x [{', '.join(g.queues)}]" for g in groups),
-    )
-    # Workers and recovery sweeps need the tables: one clear line while they are missing, not a
-    # traceback per job or per tick.
-    wait_for_migrations()
-    supervisor = Supervisor(
-        groups,
+        processes=processes,
         burst=burst,
         with_scheduler=with_scheduler,
         grace=grace,
         log_level=log_level,
-        periodic=PeriodicRunner(keys),
     )
-    heartbeat = presence.announce("workers", processes=sum(g.processes for g in groups), services=list(keys))
+    workers = sum(1 for child in children if is_worker(child))
+    heartbeat = presence.announce("workers", processes=workers, services=list(keys))
     try:
-        return supervisor.run()
+        return Supervisor(children).run()
     finally:
         heartbeat.stop()

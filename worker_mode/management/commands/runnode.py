@@ -30,7 +30,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        log.configure(options["verbosity"])
         run_or_fail(
             launcher.run,
             "A child process",
@@ -38,5 +37,5 @@ class Command(BaseCommand):
             http_workers=options["http_workers"],
             processes=options["processes"],
             with_scheduler=options["with_scheduler"],
-            verbosity=options["verbosity"],
+            log_level=log.configure(options["verbosity"]),
         )
