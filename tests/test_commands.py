@@ -1,3 +1,5 @@
+"""Management commands: `workermode` (this node; the cluster with --cluster), --help everywhere."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +9,10 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import override_settings
+
+from worker_mode import coverage, presence
 
 from .conftest import ROOT
 
@@ -77,3 +82,42 @@ def test_workermode_refuses_a_typo_in_a_real_process(site_env):
     assert result.returncode == 1
     assert "worker_mode.E002" in result.stderr
     assert "Did you mean 'async-task:process'?" in result.stderr
+
+
+def test_workermode_cluster_lists_nodes_services_and_uncovered_keys(redis_conn):
+    redis_conn.rpush("rq:queue:async-task:process", "job")
+    heartbeat = presence.announce("workers", processes=2, services=["workflow:process"])
+    try:
+        out = StringIO()
+        with pytest.raises(CommandError, match="^Uncovered service keys: async-task:process$"):
+            call_command("workermode", "--cluster", stdout=out)
+        text = out.getvalue()
+        assert "Live node processes: 1" in text and "workers" in text and "x2" in text
+        assert "async-task:process     queued 1" in text and "UNCOVERED" in text
+        out = StringIO()
+        with pytest.raises(CommandError):
+            call_command("workermode", "--cluster", "--json", stdout=out)
+        report = json.loads(out.getvalue())
+        assert report["uncovered"] == ["async-task:process"]
+        assert [e["role"] for e in report["entries"]] == ["workers"]
+        assert {r["key"]: r["nodes"] for r in report["services"]}["workflow:process"] == [
+            report["entries"][0]["node"]
+        ]
+    finally:
+        heartbeat.stop()
+
+
+def test_workermode_cluster_exits_non_zero_while_a_key_is_uncovered(redis_conn):
+    from worker_mode.management.commands.workermode import UNCOVERED_EXIT
+
+    out = StringIO()
+    call_command("workermode", "--cluster", stdout=out)  # nothing queued: exit 0
+    redis_conn.rpush("rq:queue:workflow:process", "job")
+    coverage.forget()
+    for args in (["--cluster"], ["--cluster", "--json"]):
+        out = StringIO()
+        with pytest.raises(CommandError) as raised:
+            call_command("workermode", *args, stdout=out)
+        assert raised.value.returncode == UNCOVERED_EXIT == 3
+        assert "workflow:process" in str(raised.value)
+        assert "workflow:process" in out.getvalue()  # the report is printed before the exit

@@ -84,16 +84,3 @@ def test_redis_down_at_commit_does_not_break_the_caller(caplog):
     ):
         job_id = enqueue("workflow:process", "tests.jobs.mark", "c")
     assert f"Could not enqueue job {job_id} on workflow:process" in caplog.text
-
-
-def test_django_rq_admin_lists_the_service_queues(admin_client, redis_conn):
-    response = admin_client.get("/django-rq/")
-    assert response.status_code == 200
-    assert b"workflow:process" in response.content
-    assert b"async-task:process" in response.content
-
-
-def test_django_rq_views_are_staff_only(client):
-    response = client.get("/django-rq/")
-    assert response.status_code == 302
-    assert "/admin/login/" in response["Location"]

@@ -98,3 +98,17 @@ def test_pages_of_things_that_do_not_exist_are_404_not_500(queued, redis_conn):
     root = staff(superuser=True)
     response = root.post(f"/django-rq/queues/actions/{queued}/", {"action": "delete", "job_ids": ["x"]})
     assert response.status_code in (302, 404)  # never a 500
+
+
+
+def test_django_rq_admin_lists_the_service_queues(admin_client, redis_conn):
+    response = admin_client.get("/django-rq/")
+    assert response.status_code == 200
+    assert b"workflow:process" in response.content
+    assert b"async-task:process" in response.content
+
+
+def test_django_rq_views_are_staff_only(client):
+    response = client.get("/django-rq/")
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]

@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from tests.conftest import build_workflow, drain
-from workflows import http, triggers
+from workflows import outbound, triggers
 from workflows.exceptions import NodeFailed
 from workflows.models import Execution, Job
 
@@ -95,7 +95,7 @@ def test_loopback_is_refused_by_default(server):
 )
 def test_private_and_local_addresses_are_blocked(host):
     with pytest.raises(NodeFailed, match="private or local"):
-        http.request("GET", f"http://{host}:9/", headers={})
+        outbound.request("GET", f"http://{host}:9/", headers={})
 
 
 def test_allow_listed_network_is_called_with_rendered_body(server, settings):
@@ -169,20 +169,20 @@ def test_responses_the_database_cannot_store_fail_the_node_with_the_reason(
 def test_ipv6_forms_are_judged_by_the_ipv4_address_they_carry(address, public):
     import ipaddress
 
-    assert http.is_public(ipaddress.ip_address(address)) is public
+    assert outbound.is_public(ipaddress.ip_address(address)) is public
 
 
 def test_an_embedded_ipv4_address_may_be_allow_listed(settings):
     import ipaddress
 
     settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["127.0.0.1"]
-    assert http._allowed(ipaddress.ip_address("::ffff:127.0.0.1"), http.allowed_networks())
-    assert not http._allowed(ipaddress.ip_address("::ffff:10.0.0.1"), http.allowed_networks())
+    assert outbound._allowed(ipaddress.ip_address("::ffff:127.0.0.1"), outbound.allowed_networks())
+    assert not outbound._allowed(ipaddress.ip_address("::ffff:10.0.0.1"), outbound.allowed_networks())
     # Other forms reach a translator or relay, not the listed host: listed themselves, or refused.
     for other in ("64:ff9b::7f00:1", "2002:7f00:1::", "::127.0.0.1", "2001:0:4136:e378:8000:63bf:80ff:fffe"):
-        assert not http._allowed(ipaddress.ip_address(other), http.allowed_networks()), other
+        assert not outbound._allowed(ipaddress.ip_address(other), outbound.allowed_networks()), other
     settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["64:ff9b::/96"]
-    assert http._allowed(ipaddress.ip_address("64:ff9b::7f00:1"), http.allowed_networks())
+    assert outbound._allowed(ipaddress.ip_address("64:ff9b::7f00:1"), outbound.allowed_networks())
 
 
 @pytest.mark.parametrize(

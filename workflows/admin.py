@@ -17,7 +17,7 @@ from django.utils.safestring import SafeString, mark_safe
 from worker_mode import storable
 from worker_mode.storable import StorableJSONFormField
 
-from . import collections, diagram, engine, graph, triggers, variables
+from . import diagram, engine, graph, records, triggers, variables
 from .exceptions import WorkflowFailed
 from .forms import NODE_FIELDS, TRIGGER_FIELDS, NodeForm, WorkflowForm
 from .models import Execution, Job, Node, Workflow
@@ -252,10 +252,10 @@ class WorkflowAdmin(admin.ModelAdmin):
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         extra_context = extra_context or {}
         extra_context["wf_collections"] = {
-            label: [f.name for f in collections.get_model(label)._meta.concrete_fields]
-            for label in collections.allowed_labels()
+            label: [f.name for f in records.get_model(label)._meta.concrete_fields]
+            for label in records.allowed_labels()
         }
-        extra_context["wf_lookups"] = sorted(collections.LOOKUPS)
+        extra_context["wf_lookups"] = sorted(records.LOOKUPS)
         return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_queryset(self, request):

@@ -12,9 +12,9 @@ from api_tokens.auth import api_view, error, json_body
 from worker_mode import storable
 
 from . import triggers
-from .collections import get_model
 from .exceptions import WorkflowFailed
 from .models import Execution, Workflow
+from .records import get_model
 
 
 def execution_json(execution: Execution, *, jobs: bool = True) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from django.utils.safestring import mark_safe
 from worker_mode import storable
 from worker_mode.storable import StorableJSONFormField
 
-from . import collections, nodes, schedule, triggers
+from . import nodes, records, schedule, triggers
 from .exceptions import ConfigError
-from .http import METHODS
 from .models import Node, Workflow
+from .outbound import METHODS
 
 #: The fields of each node type, in the order they are shown.
 NODE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -123,7 +123,7 @@ class RowsWidget(forms.Widget):
                 '<option value="{}"{}>{}</option>',
                 (
                     (lookup, " selected" if lookup == (value or "exact") else "", lookup)
-                    for lookup in sorted(collections.LOOKUPS)
+                    for lookup in sorted(records.LOOKUPS)
                 ),
             )
             return format_html('<select name="{}" class="wf-row-lookup">{}</select>', field, options)
@@ -243,7 +243,7 @@ def _text_list(text: str) -> list[str]:
 
 
 def collection_choices() -> list[tuple[str, str]]:
-    return [("", "---------"), *((label, label) for label in collections.allowed_labels())]
+    return [("", "---------"), *((label, label) for label in records.allowed_labels())]
 
 
 def _types_attr(field: str, table: dict[str, tuple[str, ...]]) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import collections, http
+from . import outbound, records
 from .conf import conf
 from .exceptions import ConfigError, ExpressionError, NodeFailed
 from .expressions import check_placeholders, compile_check, evaluate, render
@@ -73,24 +73,24 @@ def _check_positive_int(config: dict[str, Any], key: str, upper: int) -> None:
 
 
 def _check_query(config: dict[str, Any]) -> None:
-    model = collections.get_model(config["collection"])
-    collections.check_filter(model, config.get("filter", {}))
+    model = records.get_model(config["collection"])
+    records.check_filter(model, config.get("filter", {}))
     fields = config.get("fields", [])
     if not isinstance(fields, list):
         raise ConfigError("'fields' must be a list of field names.")
     for name in fields:
-        collections._field(model, name)
+        records._field(model, name)
     order_by = config.get("order_by", [])
     if not isinstance(order_by, list):
         raise ConfigError("'order_by' must be a list such as [\"-created\"].")
     for name in order_by:
-        collections._field(model, str(name).lstrip("-"))
+        records._field(model, str(name).lstrip("-"))
     _check_positive_int(config, "limit", conf.WORKFLOWS_MAX_RECORDS)
 
 
 def _queryset(config: dict[str, Any]):
-    model = collections.get_model(config["collection"])
-    return model._default_manager.filter(collections.build_filter(model, config.get("filter") or {}))
+    model = records.get_model(config["collection"])
+    return model._default_manager.filter(records.build_filter(model, config.get("filter") or {}))
 
 
 def _run_query(config: dict[str, Any], scope: dict[str, Any]) -> Outcome:
@@ -98,10 +98,10 @@ def _run_query(config: dict[str, Any], scope: dict[str, Any]) -> Outcome:
     fields = config.get("fields") or None
     if config.get("multiple"):
         limit = config.get("limit") or conf.WORKFLOWS_MAX_RECORDS
-        records = [_pick(collections.record_to_dict(obj), fields) for obj in queryset[:limit]]
-        return Outcome(result=records)
+        found = [_pick(records.record_to_dict(obj), fields) for obj in queryset[:limit]]
+        return Outcome(result=found)
     record = queryset.first()
-    return Outcome(result=None if record is None else _pick(collections.record_to_dict(record), fields))
+    return Outcome(result=None if record is None else _pick(records.record_to_dict(record), fields))
 
 
 def _pick(record: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
@@ -109,59 +109,59 @@ def _pick(record: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
 
 
 def _check_create(config: dict[str, Any]) -> None:
-    collections.check_values(collections.get_model(config["collection"]), config["values"])
+    records.check_values(records.get_model(config["collection"]), config["values"])
 
 
 def _run_create(config: dict[str, Any], scope: dict[str, Any]) -> Outcome:
-    model = collections.get_model(config["collection"])
+    model = records.get_model(config["collection"])
     instance = model()
-    collections.apply_values(instance, config["values"])
-    collections.full_clean(instance)
+    records.apply_values(instance, config["values"])
+    records.full_clean(instance)
     instance.save()
-    return Outcome(result=collections.record_to_dict(instance))
+    return Outcome(result=records.record_to_dict(instance))
 
 
 def _check_filtered(config: dict[str, Any]) -> None:
-    model = collections.get_model(config["collection"])
+    model = records.get_model(config["collection"])
     if not config.get("filter"):
         raise ConfigError("'filter' is required, so a node never touches every record by mistake.")
-    collections.check_filter(model, config["filter"])
+    records.check_filter(model, config["filter"])
 
 
 def _check_update(config: dict[str, Any]) -> None:
     _check_filtered(config)
-    collections.check_values(collections.get_model(config["collection"]), config["values"])
+    records.check_values(records.get_model(config["collection"]), config["values"])
 
 
 def _bounded(queryset, action: str) -> list:
     limit = conf.WORKFLOWS_MAX_RECORDS
-    records = list(queryset.order_by("pk")[: limit + 1])
-    if len(records) > limit:
+    matched = list(queryset.order_by("pk")[: limit + 1])
+    if len(matched) > limit:
         raise NodeFailed(f"The filter matches more than {limit} records to {action} (WORKFLOWS_MAX_RECORDS).")
-    return records
+    return matched
 
 
 def _run_update(config: dict[str, Any], scope: dict[str, Any]) -> Outcome:
     # Record by record through save(), so collection events (and their workflows) fire for each.
-    records = _bounded(_queryset(config), "update")
-    for record in records:
-        names = collections.apply_values(record, config["values"])
-        collections.full_clean(record, names)
+    matched = _bounded(_queryset(config), "update")
+    for record in matched:
+        names = records.apply_values(record, config["values"])
+        records.full_clean(record, names)
         record.save(update_fields=names)
-    return Outcome(result={"updated": len(records), "ids": [r.pk for r in records]})
+    return Outcome(result={"updated": len(matched), "ids": [r.pk for r in matched]})
 
 
 def _run_delete(config: dict[str, Any], scope: dict[str, Any]) -> Outcome:
-    records = _bounded(_queryset(config), "delete")
-    ids = [r.pk for r in records]
-    for record in records:
+    matched = _bounded(_queryset(config), "delete")
+    ids = [r.pk for r in matched]
+    for record in matched:
         record.delete()
     return Outcome(result={"deleted": len(ids), "ids": ids})
 
 
 def _run_http(config: dict[str, Any], scope: dict[str, Any]) -> Outcome:
     timeout = min(float(config.get("timeout", 10)), conf.WORKFLOWS_HTTP_MAX_TIMEOUT)
-    response = http.request(
+    response = outbound.request(
         config.get("method", "POST"),
         str(config["url"]),
         headers={str(k): str(v) for k, v in (config.get("headers") or {}).items()},
@@ -280,7 +280,7 @@ TYPES: dict[str, NodeType] = {
             "HTTP request",
             {"method", "url", "headers", "body", "timeout", "ignore_fail"},
             {"url"},
-            http.check_config,
+            outbound.check_config,
             _run_http,
             external=True,
         ),

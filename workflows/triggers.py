@@ -19,10 +19,10 @@ from django.utils import timezone
 from worker_mode import storable
 
 from . import engine, schedule
-from .collections import allowed_labels, get_model, record_to_dict
 from .exceptions import ConfigError, ExpressionError
 from .expressions import compile_check, evaluate
 from .models import Execution, Workflow
+from .records import allowed_labels, get_model, record_to_dict
 
 logger = logging.getLogger(__name__)
 

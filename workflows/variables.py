@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .collections import get_model
 from .exceptions import ConfigError
 from .models import Workflow
+from .records import get_model
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Faults on real processes, bounded in time: Redis restarted empty, Redis down while request
 nodes serve, a rolling deploy (SIGTERM), a misconfigured node beside a working cluster.
-(A killed workflow or import worker: test_workflow_processes.py and test_async_processes.py.)"""
+(A killed workflow or import worker: test_e2e_workflows.py and test_e2e_async_tasks.py.)"""
 
 from __future__ import annotations
 
