@@ -12,6 +12,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from worker_mode.queues import ServiceQueues
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 # Holds the SQLite file and collected static files; SQLite cannot create its directory.
@@ -90,7 +92,9 @@ from_env("WORKER_MODE_NODE_NAME", alias="NODE_NAME")  # NODE_NAME: the short nam
 WORKER_MODE_GUNICORN_CONFIG = str(BASE_DIR / "nocobase_site" / "gunicorn.conf.py")
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-# RQ_QUEUES is left unset on purpose: worker_mode makes one queue per service key on REDIS_URL.
+# One RQ queue per registered service key, on REDIS_URL (computed when read, so keys registered by
+# apps are seen). A site may list its own queues instead, e.g. one Redis per key (worker_mode.E003).
+RQ_QUEUES = ServiceQueues()
 # django-rq's admin entry asks only for is_staff; worker_mode serves its pages with permissions.
 RQ_SHOW_ADMIN_LINK = False
 

@@ -76,6 +76,17 @@ def test_e003_site_queues_missing_a_service():
     assert "'async-task:process'" in errors[0].msg
 
 
+def test_e003_no_queues_at_all(settings):
+    del settings.RQ_QUEUES
+    errors = checks.check_queues()
+    assert check_error_codes(errors) == ["worker_mode.E003"]
+    assert errors[0].msg == "RQ_QUEUES is not set." and "ServiceQueues()" in errors[0].hint
+
+
+def test_the_site_wires_one_queue_per_key():
+    assert checks.check_queues() == []
+
+
 @pytest.mark.parametrize("value", [-1, "2", 1.5, True])
 def test_e004_processes(value):
     with override_settings(WORKER_MODE_PROCESSES=value):

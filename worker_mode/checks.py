@@ -73,14 +73,21 @@ def check_worker_mode(app_configs: Iterable[Any] | None = None, **kwargs: Any) -
 
 @register(Tags.compatibility)
 def check_queues(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E003: a site-defined RQ_QUEUES lacks the queue of a registered service."""
+    """E003: RQ_QUEUES is not set, or lacks the queue of a registered service."""
     queues = getattr(settings, "RQ_QUEUES", None)
     if queues is None:
-        return []
+        return [
+            Error(
+                "RQ_QUEUES is not set.",
+                hint="Set RQ_QUEUES = worker_mode.queues.ServiceQueues() in your settings (one queue per "
+                "registered service key on REDIS_URL), or list every service's queue yourself.",
+                id="worker_mode.E003",
+            )
+        ]
     return [
         Error(
             f"RQ_QUEUES has no queue for service {service.key!r}.",
-            hint=f"Add {service.queue_name!r} to RQ_QUEUES, or remove RQ_QUEUES to get one queue per key.",
+            hint=f"Add {service.queue_name!r} to RQ_QUEUES, or use worker_mode.queues.ServiceQueues().",
             id="worker_mode.E003",
         )
         for service in services
