@@ -94,7 +94,7 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = folder / "template.sqlite3"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "WORKER_MODE"))}
     env.update(
-        DJANGO_SETTINGS_MODULE="nocobase_site.settings",
+        DJANGO_SETTINGS_MODULE="tests.settings",
         VAR_DIR=str(folder / "var"),
         DATABASE_URL=f"sqlite:///{path}",
         PYTHONPATH=str(ROOT),
@@ -116,7 +116,7 @@ def site_env(redis_server: str, tmp_path: Path, migrated_sqlite: Path) -> dict[s
     shutil.copyfile(migrated_sqlite, database)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "WORKER_MODE"))}
     env.update(
-        DJANGO_SETTINGS_MODULE="nocobase_site.settings",
+        DJANGO_SETTINGS_MODULE="tests.settings",
         REDIS_URL=redis_server,
         VAR_DIR=str(tmp_path / "var"),
         DATABASE_URL=f"sqlite:///{database}",
