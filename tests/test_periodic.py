@@ -1,4 +1,4 @@
-"""worker_mode's periodic tasks (run by runworkers under a lock), with the claims' recovery sweeps."""
+"""worker_mode.periodic: periodic tasks under a lock (one node at a time), and the recovery sweeps."""
 
 from __future__ import annotations
 
