@@ -327,27 +327,26 @@ class Supervisor:
                 due = min(due, slot.warm_at + DUPLICATE_SIGNAL_WINDOW)
             if now >= max(due, slot.warm_at + DUPLICATE_SIGNAL_WINDOW):
                 cold.append(slot)
-        if cold:
-            logger.warning(
-                "Cold shutdown: interrupting %d worker(s) still running: %s",
-                len(cold), ", ".join(slot.child.name for slot in cold),
-            )  # fmt: skip
-            for slot in cold:
-                slot.cold_at = now
-                slot.process.send(slot.child.cold_signal)  # type: ignore[union-attr]
+        self._escalate(cold, now, "Cold shutdown: interrupting %d worker(s) still running: %s")
         stubborn = [
             slot
             for slot in self._live()
             if slot.cold_at is not None and not slot.killed and now >= slot.cold_at + self.cold_stop_timeout
         ]
-        if stubborn:
-            logger.error(
-                "Killing %d worker(s) that ignored the cold shutdown: %s",
-                len(stubborn), ", ".join(slot.child.name for slot in stubborn),
-            )  # fmt: skip
-            for slot in stubborn:
+        self._escalate(stubborn, now, "Killing %d worker(s) that ignored the cold shutdown: %s", kill=True)
+
+    def _escalate(self, slots: list[_Slot], now: float, message: str, *, kill: bool = False) -> None:
+        """Send ``slots`` their cold signal (or SIGKILL), saying so once."""
+        if not slots:
+            return
+        names = ", ".join(slot.child.name for slot in slots)
+        logger.log(logging.ERROR if kill else logging.WARNING, message, len(slots), names)
+        for slot in slots:
+            if kill:
                 slot.killed = True
-                slot.process.send(signal.SIGKILL)  # type: ignore[union-attr]
+            else:
+                slot.cold_at = now
+            slot.process.send(signal.SIGKILL if kill else slot.child.cold_signal)  # type: ignore[union-attr]
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> int:
