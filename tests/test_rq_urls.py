@@ -100,7 +100,6 @@ def test_pages_of_things_that_do_not_exist_are_404_not_500(queued, redis_conn):
     assert response.status_code in (302, 404)  # never a 500
 
 
-
 def test_django_rq_admin_lists_the_service_queues(admin_client, redis_conn):
     response = admin_client.get("/django-rq/")
     assert response.status_code == 200
