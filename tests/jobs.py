@@ -20,7 +20,7 @@ def mark(name: str) -> int:
 def slow_mark(name: str, seconds: float) -> int:
     redis = _redis()
     redis.set(f"test:started:{name}", os.getpid())
-    time.sleep(seconds)
+    time.sleep(seconds)  # the work a job simulates (a wait on a condition has nothing to wait for)
     redis.set(f"test:done:{name}", os.getpid())
     return os.getpid()
 

@@ -11,7 +11,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from django.core.management import call_command
@@ -130,9 +129,9 @@ def test_the_heartbeat_thread_renews_while_the_work_blocks(settings):
     first = Execution.objects.get(pk=claim.pk).lease_expires_at
     with claim:
         assert claim in claims.active_claims()
-        time.sleep(2.5)  # a long HTTP call or import batch: the work itself does nothing
-        renewed = Execution.objects.get(pk=claim.pk)
-    assert renewed.lease_expires_at > first + datetime.timedelta(seconds=1)
+        # A long HTTP call or import batch: the work itself never calls check(), only the thread renews.
+        lease = Execution.objects.filter(pk=claim.pk).values_list("lease_expires_at", flat=True)
+        wait_until(lambda: lease.get() > first + datetime.timedelta(seconds=1), timeout=10)
     assert claim not in claims.active_claims()
 
 
@@ -140,11 +139,10 @@ def test_a_run_that_reaches_no_step_stops_being_renewed(settings, monkeypatch, c
     settings.WORKER_MODE_LEASE = 3
     monkeypatch.setattr(claims, "STALL_LEASES", 1)  # stalled after one lease without a step
     claim = claims.claim(Execution, queued_execution().pk)
-    with claim:
-        time.sleep(5.5)  # a hung run: no node, no batch, nothing
-        execution = Execution.objects.get(pk=claim.pk)
-        assert execution.lease_expires_at <= timezone.now()  # lapsed: recovery may take it
-        assert "has reached no step for" in caplog.text
+    with claim:  # a hung run: no node, no batch, nothing
+        wait_until(lambda: "has reached no step for" in caplog.text, timeout=10)
+        lease = Execution.objects.filter(pk=claim.pk).values_list("lease_expires_at", flat=True)
+        wait_until(lambda: lease.get() <= timezone.now(), timeout=10)  # lapsed: recovery may take it
         assert claims.why_abandoned(Execution.objects.filter(pk=claim.pk).values()[0], timezone.now())
 
 

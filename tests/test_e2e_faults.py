@@ -142,7 +142,7 @@ class SlowHook(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
-        time.sleep(SlowHook.delay)
+        time.sleep(SlowHook.delay)  # a slow peer: the delay is the behaviour simulated, not a wait
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import signal
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -200,6 +199,15 @@ def test_a_killed_in_process_import_is_failed_with_its_reason(start_node, env, t
     assert 300 <= task.done < 30000 and Product.objects.count() == task.done
 
 
+def ended_its_job(node, *noticed: str) -> bool:
+    """Whether ``node`` logged one of ``noticed`` (its work was taken from it), then rq logged the end
+    of that job: after that, nothing more of it can be written."""
+    log = node.log
+    found = [log.find(text) for text in noticed if text in log]
+    rest = log[min(found) :] if found else ""
+    return "Job OK" in rest or "exception raised while executing" in rest
+
+
 def test_a_frozen_worker_thawed_after_a_takeover_applies_nothing(start_node, env, hook):
     handler, url = hook
     handler.hold = 1  # the first caller waits; the takeover's call returns at once
@@ -214,8 +222,7 @@ def test_a_frozen_worker_thawed_after_a_takeover_applies_nothing(start_node, env
     assert rows.get().node_name == "wf-b" and rows.get().status == "resolved", taker.log
     handler.release.set()  # the frozen node's call now answers ...
     signal_tree(frozen, signal.SIGCONT)  # ... and it comes back
-    wait_until(lambda: "stopped: canceled or taken over" in frozen.log, timeout=20)
-    time.sleep(1)
+    wait_until(lambda: ended_its_job(frozen, "stopped: canceled or taken over"), timeout=20)
     execution.refresh_from_db()
     assert (execution.status, execution.node_name, execution.attempts) == ("resolved", "wf-b", 2)
     assert orders_per_execution([execution]) == {execution.pk: 1}, frozen.log
@@ -245,10 +252,7 @@ def test_a_frozen_import_thawed_after_its_task_was_failed_commits_no_further_bat
     signal_tree(frozen, signal.SIGCONT)
     # Its next batch finds the claim gone, or its session was ended by the server while it was frozen
     # inside a transaction (idle_in_transaction_session_timeout): either way nothing more commits.
-    wait_until(
-        lambda: "taken from this process" in frozen.log or "could not record" in frozen.log, timeout=30
-    )
-    time.sleep(1)
+    wait_until(lambda: ended_its_job(frozen, "taken from this process", "could not record"), timeout=30)
     assert Order.objects.count() == committed, frozen.log  # the thawed worker committed nothing more
     task.refresh_from_db()
     assert task.status == "failed" and task.done == committed
@@ -279,8 +283,16 @@ def test_namesake_nodes_in_two_containers_leave_each_others_work_alone(start_nod
     running = Execution.objects.get(pk=execution.pk)
     assert running.pid > 200  # a pid of this machine's namespace: none such in a fresh container
     container = start_node(["runworkers"], "workflow:process", prefix=own_pid_namespace(), **same)
-    wait_until(lambda: "Started worker" in container.log, timeout=30)
-    time.sleep(8)  # more than a lease and several sweeps of the container's node
+    wait_until(lambda: "Started worker" in container.log, timeout=30)  # after its first sweep (the gate)
+    # More than a lease and several sweeps of the container's node (one a second): the lease the owner
+    # held when the container came up has run out and been renewed since (or the row changed hands).
+    lease = Execution.objects.get(pk=execution.pk).lease_expires_at
+
+    def a_lease_later():
+        row = Execution.objects.get(pk=execution.pk)
+        return row.heartbeat_at > lease or row.attempts != 1 or row.status != "running"
+
+    wait_until(a_lease_later, timeout=30)
     assert Execution.objects.get(pk=execution.pk).attempts == 1, container.log
     handler.release.set()
     wait_until(finished(Execution.objects.filter(pk=execution.pk), 1), timeout=30)

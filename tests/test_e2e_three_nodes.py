@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -157,5 +156,5 @@ def test_the_three_node_example_over_http(start_node, env, redis_conn):
     assert {("node1", "http"), ("node2", "workers"), ("node3", "workers")} <= roles
     assert not AsyncTask.objects.exclude(status="succeeded").exists()
     assert not Execution.objects.exclude(status="resolved").exists()
-    time.sleep(0.5)
-    assert redis_conn.llen("rq:queue:workflow:process") == redis_conn.llen("rq:queue:async-task:process") == 0
+    queues = ("rq:queue:workflow:process", "rq:queue:async-task:process")  # drained by the workers
+    wait_until(lambda: not any(redis_conn.llen(name) for name in queues), timeout=10)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from rq import Worker as RqWorker
@@ -92,7 +92,11 @@ def test_request_node_serves_pages_and_processes_no_job(start_node, redis_conn):
     assert status == 200 and b"Sign in to the admin" in body
     assert http_get(base + "/admin/login/")[0] == 200
     assert http_get(base + "/readyz")[0] == 200
-    time.sleep(2)  # a worker, had one started, would have taken the job by now
+    # The supervisor starts every child it plans (the periodic process that gates the workers
+    # included) before gunicorn has booted, whose banner says what the node serves: once that is in
+    # the log, a node with no periodic process and no worker will never start one.
+    wait_until(lambda: "services: none" in node.log, timeout=10)
+    assert re.findall(r"supervisor: Started (\S+) \(pid", node.log) == ["gunicorn"], node.log
     assert RqWorker.all(redis_conn) == []
     assert get_queue(WF).count == 1
     assert redis_conn.get("test:done:never") is None

@@ -39,13 +39,13 @@ def stay(path: Path, name: str, *signals: int) -> None:
     for sig in (signal.SIGTERM, *signals):
         signal.signal(sig, on_signal)
     note(path, f"{name}:started")
-    while True:
+    while True:  # a child's idle life: signals are what it waits for, and they interrupt the sleep
         time.sleep(0.05)
 
 
 def gate(path: Path, ready) -> None:
     note(path, "gate:begun")
-    time.sleep(0.3)
+    time.sleep(0.3)  # the gate's first run (recovery) takes a while: later children must wait it out
     note(path, "gate:ready")
     ready()
     stay(path, "gate", signal.SIGUSR1)
@@ -67,7 +67,7 @@ def deaf(path: Path) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     note(path, "deaf:started")
-    while True:
+    while True:  # a child that ignores the stop signals: only SIGKILL ends this loop
         time.sleep(0.05)
 
 

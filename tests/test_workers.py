@@ -143,9 +143,11 @@ def stop_during_a_long_job(start_node, redis_conn, args: list[str], signals: lis
     get_queue(WF).enqueue("tests.jobs.slow_mark", "long", 60.0)
     node = start_node(["runworkers", *args], worker_mode=WF)
     wait_until(lambda: redis_conn.get("test:started:long"), timeout=30)
-    for sig in signals:
+    # What the supervisor logs once it has handled the first stop signal, and then a second one.
+    handled = ["Warm shutdown of", "Stop requested again: cold shutdown"]
+    for sig, marker in zip(signals, handled, strict=False):
         node.signal(sig)
-        time.sleep(0.5)
+        wait_until(lambda marker=marker: marker in node.log, timeout=10)
     assert node.wait(timeout=30) == 0, node.log
     assert redis_conn.get("test:done:long") is None  # interrupted, long before its 60 s
     return node

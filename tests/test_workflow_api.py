@@ -15,7 +15,9 @@ from tests.conftest import build_workflow, check_error_codes, drain
 from workflows import checks
 from workflows.models import Execution, Workflow
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Not transaction=True but for the tests that need real commits: the commit hook that enqueues a
+# triggered execution for drain() runs from django_capture_on_commit_callbacks.
+pytestmark = pytest.mark.django_db
 
 ONE = [{"key": "double", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}}]
 
@@ -44,13 +46,14 @@ def test_trigger_needs_authentication(client, workflow):
     assert not Execution.objects.exists()
 
 
-def test_session_trigger_needs_csrf(staff, workflow):
+def test_session_trigger_needs_csrf(staff, workflow, django_capture_on_commit_callbacks):
     client = Client(enforce_csrf_checks=True)
     client.force_login(staff)
     assert post(client, "/api/workflows/double/trigger", {"n": 1}).status_code == 403
     client.get("/admin/")  # renders a form, which sets the CSRF cookie
     token = client.cookies["csrftoken"].value
-    response = post(client, "/api/workflows/double/trigger", {"n": 2}, HTTP_X_CSRFTOKEN=token)
+    with django_capture_on_commit_callbacks(execute=True):  # the execution is enqueued
+        response = post(client, "/api/workflows/double/trigger", {"n": 2}, HTTP_X_CSRFTOKEN=token)
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["status"] == "queued" and body["workflow"] == {"key": "double", "version": 1}
@@ -93,6 +96,7 @@ def test_bad_requests_get_clear_errors(client, staff, workflow):
     assert client.get("/api/executions/999").status_code == 404
 
 
+@pytest.mark.django_db(transaction=True)  # a sync failure rolls the request's transaction back
 def test_sync_trigger_answers_with_the_result(client, staff, redis_conn):
     build_workflow(ONE, key="now", sync=True)
     client.force_login(staff)
@@ -163,6 +167,7 @@ def test_workflow_checks(settings):
         call_command("check")
 
 
+@pytest.mark.django_db(transaction=True)  # the live server's thread records the webhook calls
 def test_demo_workflow_accepts_rejects_and_calls_the_webhook(live_server, settings, redis_conn):
     settings.WORKFLOWS_HTTP_ALLOWED_NETWORKS = ["127.0.0.1"]
     call_command("loaddemo", webhook_url=f"{live_server.url}/catalog/webhook")

@@ -242,7 +242,7 @@ class Drip(BaseHTTPRequestHandler):
                 self.wfile.flush()
             except OSError:
                 return
-            time.sleep(0.2)
+            time.sleep(0.2)  # the drip rate of a slow peer: the behaviour simulated, not a wait
 
     def log_message(self, *args):
         pass
