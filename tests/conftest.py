@@ -17,6 +17,8 @@ import pytest
 import redis
 from django.test import override_settings
 
+from worker_mode.supervisor import process_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -169,26 +171,6 @@ class Node:
             os.killpg(self.process.pid, signal.SIGKILL)  # whatever is left of its group
         self.process.wait(timeout=10)
         self._log.close()
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and every process descending from it (read from /proc), parents first."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop(0)
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
 
 
 def signal_tree(node: Node, sig: int) -> list[int]:

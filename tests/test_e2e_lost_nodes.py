@@ -25,6 +25,7 @@ from tests.conftest import (
     wait_for_http,
     wait_until,
 )
+from worker_mode.claims import live_nodes
 from workflows import triggers
 from workflows.models import Execution, Job
 
@@ -146,7 +147,7 @@ def test_a_lost_workflow_node_s_executions_resume_on_a_replacement_once(start_no
     assert replacement.log.count("queued again (attempt 1 of 3 done): its ") == 3
 
 
-def test_a_lost_import_node_s_task_is_retried_on_a_replacement(start_node, env):
+def test_a_lost_import_node_s_task_is_retried_on_a_replacement(start_node, env, redis_conn):
     task = tasks.create_import(
         None, "catalog.Product", io.BytesIO(product_csv(20000)), name="p.csv", mode="update"
     )
@@ -158,6 +159,8 @@ def test_a_lost_import_node_s_task_is_retried_on_a_replacement(start_node, env):
         return task.status == "running" and task.done >= 300
 
     wait_until(importing, timeout=45)
+    # Its presence is up (announced once its workers run): the replacement must wait for the lease.
+    wait_until(lambda: "tasks-1" in live_nodes(), timeout=10)
     lose_node(lost)
     done_at_loss = AsyncTask.objects.get(pk=task.pk).done
     replacement = start_node(["runworkers"], "async-task:process", **{**node_env, "NODE_NAME": "tasks-2"})

@@ -144,7 +144,14 @@ print(Execution.objects.filter(status="resolved").count(), Execution.objects.cou
     assert "database is locked" not in node.log and "database is locked" not in output
 
 
-def test_an_unmigrated_database_is_named_and_the_node_waits_for_it(start_node, site_env, tmp_path):
+def test_an_unmigrated_database_is_named_and_the_node_waits_for_it(
+    start_node, site_env, tmp_path, redis_conn
+):
+    from worker_mode import presence
+
+    def roles() -> list[str]:
+        return sorted(entry["role"] for entry in presence.live_entries())
+
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     site_env = {**site_env, "DATABASE_URL": f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}"}
@@ -156,9 +163,12 @@ def test_an_unmigrated_database_is_named_and_the_node_waits_for_it(start_node, s
     assert "workflows.0001_initial" in ready["pending_migrations"]
     assert ready["hint"] == "Run `manage.py migrate`."
     wait_until(lambda: "run `manage.py migrate`; waiting" in node.log, timeout=30)
+    # No worker runs yet, so the node does not count as serving its keys (queued work is uncovered).
+    assert roles() == ["http", "node"]
     manage(site_env, "migrate", "--noinput", "-v0")
     wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, timeout=30, interval=0.5)
     wait_until(lambda: "The database is ready; starting" in node.log, timeout=30)
     wait_until(lambda: "Started worker shared#0" in node.log, timeout=30)
+    wait_until(lambda: roles() == ["http", "node", "workers"], timeout=10)
     assert node.log.count("run `manage.py migrate`; waiting") == 1
     assert "Traceback" not in node.log, node.log

@@ -64,6 +64,12 @@ def test_worker_options_are_passed_on(settings):
     assert {w.on_exit for w in workers} == {"restart"}
 
 
+def test_gunicorn_is_stopped_cold_only_after_its_own_graceful_timeout(monkeypatch):
+    monkeypatch.setenv("GUNICORN_GRACEFUL_TIMEOUT", "40")  # read by nocobase_site/gunicorn.conf.py
+    [gunicorn] = plan_children(parse("!"))
+    assert gunicorn.grace == 45.0
+
+
 def test_gunicorn_stops_the_node_and_the_periodic_process_gates_the_workers():
     gunicorn, periodic, worker = plan_children(parse("*"), processes=1)
     assert (gunicorn.on_exit, gunicorn.cold_signal, gunicorn.hangup_signal) == (

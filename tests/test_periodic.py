@@ -172,3 +172,26 @@ def test_redis_down_is_said_once_then_slowly_and_its_return_is_said(
         assert run_locked("test:periodic", task) is True
     assert len(caplog.records) == 3  # said once
     assert CALLS == ["ran", "ran"]
+
+
+def test_a_stop_ends_a_run_between_two_tasks(periodic_service):
+    register_service(
+        "test:periodic2", periodic=(PeriodicTask(f"{__name__}.record", every=10, args=("two",)),)
+    )
+    try:
+        runner = PeriodicRunner(["test:periodic", "test:periodic2"])
+        assert runner.run_due(force=True, stop=lambda: bool(CALLS)) == [f"{__name__}.record"]
+        assert CALLS == ["ran"]  # the second task waits for the next run
+    finally:
+        services.unregister("test:periodic2")
+
+
+def test_the_periodic_process_stops_within_seconds_and_cold_by_sigint():
+    import signal
+
+    from worker_mode.periodic import STOP_GRACE, periodic_child
+
+    child = periodic_child(["workflow:process"])
+    assert child.grace == STOP_GRACE <= 2 and child.cold_signal == signal.SIGINT
+    assert child.gate and child.helper and child.wake_signal == signal.SIGUSR1
+    assert periodic_child(["workflow:process"], grace=0.5).grace == 0.5  # runworkers --grace 0.5

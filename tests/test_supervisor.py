@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from worker_mode.supervisor import Child, Restart, Supervisor
+from worker_mode.supervisor import Child, Restart, Supervisor, catch_stop_signals, process_tree
 
 from .conftest import wait_until
 
@@ -71,11 +71,25 @@ def deaf(path: Path) -> None:
         time.sleep(0.05)
 
 
+def parent_of_a_deaf_grandchild(path: Path) -> None:
+    """Start a grandchild in a session of its own (like rq's work horse) that ignores stop signals;
+    ignore them too."""
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        deaf(path)
+    note(path, f"grandchild:{pid}")
+    deaf(path)
+
+
 class Running:
-    def __init__(self, children: list[Child], log: Path, **options) -> None:
+    def __init__(self, children: list[Child], log: Path, *, early_stop: bool = False, **options) -> None:
         def main() -> None:
             handler = logging.FileHandler(log.with_suffix(".supervisor"))
             logging.getLogger("worker_mode.supervisor").addHandler(handler)
+            if early_stop:  # a stop that arrives while the node is still starting up
+                catch_stop_signals()
+                os.kill(os.getpid(), signal.SIGTERM)
             os._exit(Supervisor(children, **options).run())
 
         self.process = multiprocessing.get_context("fork").Process(target=main)
@@ -208,6 +222,68 @@ def test_sighup_reaches_the_children_that_take_it(running, log):
     node.signal(signal.SIGTERM)
     assert node.wait() == 0
     assert "takes:SIGUSR2" in lines(log) and "other:SIGUSR2" not in lines(log)
+
+
+def test_when_started_runs_once_every_gate_has_opened(running, log):
+    node = running(
+        [
+            Child("gate", target=gate, args=(log,), gate=True, helper=True),
+            Child("stay", target=stay, args=(log, "stay")),
+        ],
+        when_started=lambda: note(log, "all:started"),
+    )
+    wait_until(lambda: "stay:started" in lines(log), timeout=10)
+    node.signal(signal.SIGTERM)
+    assert node.wait() == 0
+    order = lines(log)
+    assert order.count("all:started") == 1 and order.index("gate:ready") < order.index("all:started")
+
+
+def test_a_stop_during_start_up_starts_nothing(running, log):
+    node = running([Child("stay", target=stay, args=(log, "stay"))], early_stop=True)
+    assert node.wait() == 0
+    assert lines(log) == []
+
+
+def test_a_program_survives_a_hangup_before_it_handles_one(running, log):
+    node = running([Child("sleep", argv=("sleep", "30"), hangup_signal=signal.SIGHUP, on_exit="stop")])
+
+    def sleep_pid() -> int | None:
+        for pid in process_tree(node.process.pid)[1:]:
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0"):
+                    return pid
+            except OSError:
+                pass
+        return None
+
+    pid = wait_until(sleep_pid, timeout=10)
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGHUP - 1))  # until the program installs its own handler
+    node.signal(signal.SIGHUP)
+    wait_until(lambda: "Passing SIGHUP on to sleep" in log.with_suffix(".supervisor").read_text(), timeout=10)
+    node.signal(signal.SIGTERM)
+    assert node.wait() == 0
+
+
+def test_the_kill_reaches_what_the_child_started(running, log):
+    node = running(
+        [Child("parent", target=parent_of_a_deaf_grandchild, args=(log,), grace=0.2)], cold_stop_timeout=0.5
+    )
+    grandchild = int(
+        wait_until(lambda: [x for x in lines(log) if x.startswith("grandchild:")], timeout=10)[0][11:]
+    )
+    node.signal(signal.SIGTERM)
+    assert node.wait(timeout=15) == 0
+
+    def gone() -> bool:
+        try:
+            return "Z" in Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+
+    wait_until(gone, timeout=5)
 
 
 def test_a_child_is_described_by_a_program_or_a_function():

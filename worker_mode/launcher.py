@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import runpy
 import signal
 import sys
 from pathlib import Path
@@ -26,14 +27,29 @@ from .mode import WorkerMode
 from .node import current_mode, served_keys
 from .signals import node_starting
 from .startup import validate
-from .supervisor import Child, Supervisor
+from .supervisor import Child, Supervisor, catch_stop_signals
 from .workers import is_worker, node_children
 
 logger = logging.getLogger(__name__)
 
-#: gunicorn bounds its own warm stop (GUNICORN_GRACEFUL_TIMEOUT); it is stopped cold only if it is
-#: still running this long after the workers' grace.
+#: gunicorn bounds its own warm stop (its ``graceful_timeout``); it is stopped cold only if it is
+#: still running this long after that.
 _GUNICORN_MARGIN = 5.0
+#: gunicorn's own default ``graceful_timeout``.
+_GUNICORN_GRACEFUL_TIMEOUT = 30.0
+
+
+def _gunicorn_graceful_timeout() -> float:
+    """The ``graceful_timeout`` gunicorn will use, read from its config file (gunicorn's default if
+    the file does not set it, or cannot be read here: gunicorn itself will then say why)."""
+    path = conf.WORKER_MODE_GUNICORN_CONFIG
+    if not path:
+        return _GUNICORN_GRACEFUL_TIMEOUT
+    try:
+        value = runpy.run_path(path).get("graceful_timeout", _GUNICORN_GRACEFUL_TIMEOUT)
+        return float(value)
+    except Exception:  # noqa: BLE001  (gunicorn reports a broken config when it starts)
+        return _GUNICORN_GRACEFUL_TIMEOUT
 
 
 def _project_dir() -> Path | None:
@@ -68,7 +84,7 @@ def gunicorn_child(mode: WorkerMode, *, bind: str | None = None, http_workers: i
         warm_signal=signal.SIGTERM,  # gunicorn: graceful
         cold_signal=signal.SIGINT,  # gunicorn: quick
         hangup_signal=signal.SIGHUP,  # gunicorn: reload
-        grace=conf.WORKER_MODE_SHUTDOWN_GRACE + _GUNICORN_MARGIN,
+        grace=_gunicorn_graceful_timeout() + _GUNICORN_MARGIN,
         on_exit="stop",
     )
 
@@ -103,6 +119,7 @@ def run(
     with_scheduler: bool = False,
     log_level: str = "INFO",
 ) -> int:
+    catch_stop_signals()  # a stop during the checks below is not lost
     validate()
     mode = current_mode()
     # Refusals (e.g. the site's "no public bind with a known SECRET_KEY") before any child starts.
@@ -128,10 +145,15 @@ def run(
     keys = list(served_keys(mode))
     heartbeats = [presence.announce("node", processes=len(children), services=keys)]
     workers = sum(1 for child in children if is_worker(child))
-    if workers:  # the Cluster page and coverage count the nodes whose workers run
-        heartbeats.append(presence.announce("workers", processes=workers, services=keys))
+    # Coverage counts a node for a key only once its workers run (after the first sweeps).
+    later = presence.Heartbeat(presence.describe_process("workers", processes=workers, services=keys))
+
+    def workers_started() -> None:
+        if workers:
+            heartbeats.append(later.start())
+
     try:
-        return Supervisor(children).run()
+        return Supervisor(children, when_started=workers_started).run()
     finally:
         for heartbeat in heartbeats:
             heartbeat.stop()

@@ -8,10 +8,13 @@ sweeps (``claims.periodic_tasks``).
 
 ``runnode`` and ``runworkers`` run them in the ``periodic`` child
 (:func:`periodic_child`), beside the worker processes and not inside the
-supervisor's loop, so a slow sweep never delays a shutdown or a restart. The
-child waits for the database's migrations and runs every task once before the
-workers start (work left behind by a previous run is queued again first);
-SIGUSR1 (sent when a worker process was replaced) runs them all at once.
+supervisor's loop, so a slow sweep never holds up the supervisor; a warm stop
+lets the running task finish for at most STOP_GRACE seconds, then interrupts it
+(every task is safe to interrupt and to run again). The child waits for the
+database's migrations and runs every task once before the workers start (work
+left behind by a previous run is queued again first; a task another node is
+running at that moment is left to it); SIGUSR1 (sent when a worker process was
+replaced) runs them all at once.
 """
 
 from __future__ import annotations
@@ -52,10 +55,13 @@ class PeriodicRunner:
                     self.tasks.append((key, task))
         self.next_run = {task.name: 0.0 for _, task in self.tasks}
 
-    def run_due(self, *, force: bool = False) -> list[str]:
-        """Run every task that is due (all of them if ``force``); returns the names of those run."""
+    def run_due(self, *, force: bool = False, stop: Callable[[], bool] | None = None) -> list[str]:
+        """Run every task that is due (all of them if ``force``), until ``stop()`` says to stop;
+        returns the names of those run."""
         ran: list[str] = []
         for key, task in self.tasks:
+            if stop is not None and stop():
+                break
             now = self.clock()
             if not force and now < self.next_run[task.name]:
                 continue
@@ -152,12 +158,16 @@ def _run(task: PeriodicTask) -> bool:
 
 #: How often the periodic process looks at its signals and due times (seconds).
 _TICK = 0.2
+#: A warm stop lets the running task finish for at most this long (seconds); then it is
+#: interrupted. Every periodic task is safe to interrupt and to run again (conditional updates).
+STOP_GRACE = 2.0
 
 
 def run_forever(keys: tuple[str, ...], ready: Callable[[], None]) -> None:
     """The periodic process: wait for migrations, run every task once, call ``ready``, then run
-    tasks when due. SIGUSR1 runs them all at once; SIGTERM ends it after the running task (a
-    second SIGTERM, the cold stop, ends it at once)."""
+    tasks when due. SIGUSR1 runs them all at once; SIGTERM ends it after the running task (SIGINT,
+    the cold stop, ends it at once: SIGTERM may come twice, from the supervisor and from a
+    service manager that signals every process)."""
     from .startup import wait_for_migrations
     from .workers import close_old_db_connections
 
@@ -165,7 +175,6 @@ def run_forever(keys: tuple[str, ...], ready: Callable[[], None]) -> None:
 
     def on_stop(signum: int, frame: object) -> None:
         state["stop"] = True
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def on_wake(signum: int, frame: object) -> None:
         state["wake"] = True
@@ -176,21 +185,26 @@ def run_forever(keys: tuple[str, ...], ready: Callable[[], None]) -> None:
     # traceback per job or per tick.
     wait_for_migrations(stop=lambda: state["stop"])
     runner = PeriodicRunner(keys)
+
+    def stopping() -> bool:
+        return state["stop"]
+
     if not state["stop"]:
-        runner.run_due(force=True)  # recovery first, before any worker takes a job
+        runner.run_due(force=True, stop=stopping)  # recovery first, before any worker takes a job
         ready()
     while not state["stop"]:
         force, state["wake"] = state["wake"], False
-        runner.run_due(force=force)
+        runner.run_due(force=force, stop=stopping)
         close_old_db_connections()  # between sweeps as between requests: no broken or expired one kept
         due = min(runner.next_run.values(), default=runner.clock() + 60.0)
         while not (state["stop"] or state["wake"]) and runner.clock() < due:
             time.sleep(_TICK)
 
 
-def periodic_child(keys: Iterable[str]) -> Child:
+def periodic_child(keys: Iterable[str], *, grace: float | None = None) -> Child:
     """The periodic process of a node serving ``keys``, for the supervisor; the worker processes
-    listed after it start once it has run every task once."""
+    listed after it start once it has run every task once. A warm stop waits for the running task
+    at most STOP_GRACE seconds (or the workers' ``grace`` if shorter)."""
     return Child(
         "periodic",
         target=run_forever,
@@ -198,6 +212,7 @@ def periodic_child(keys: Iterable[str]) -> Child:
         gate=True,
         helper=True,
         wake_signal=signal.SIGUSR1,
-        grace=conf.WORKER_MODE_SHUTDOWN_GRACE,
+        cold_signal=signal.SIGINT,
+        grace=min(STOP_GRACE, STOP_GRACE if grace is None else grace),
         restart=Restart(conf.WORKER_MODE_RESTART_LIMIT, conf.WORKER_MODE_RESTART_WINDOW),
     )

@@ -102,6 +102,44 @@ def set_parent_death_signal(sig: int) -> None:
 
 def _program_setup() -> None:
     set_parent_death_signal(signal.SIGTERM)
+    # A SIGHUP passed on before the program has set its own handler (gunicorn's reload) must
+    # not end it; an ignored signal stays ignored across exec until the program handles it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descending from it (read from /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+_early_stops = 0
+
+
+def _count_early_stop(signum: int, frame: Any) -> None:
+    global _early_stops
+    _early_stops += 1
+
+
+def catch_stop_signals() -> None:
+    """Count SIGTERM/SIGINT from now on, before the supervisor runs: a stop during start-up (the
+    checks, the plan) is then not lost; as PID 1 in a container an unhandled SIGTERM is ignored."""
+    signal.signal(signal.SIGTERM, _count_early_stop)
+    signal.signal(signal.SIGINT, _count_early_stop)
 
 
 def _function_main(child: Child, ready: Connection | None) -> None:
@@ -172,6 +210,13 @@ class _Process:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
 
+    def kill(self) -> None:
+        """SIGKILL the child and everything it started (a fork worker's work horse, gunicorn's
+        workers), so nothing of it outlives the node."""
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
 
 @dataclass
 class _Slot:
@@ -195,9 +240,19 @@ class Supervisor:
     """Starts ``children`` in order and keeps them running until told to stop; ``run()`` returns
     the node's exit code."""
 
-    def __init__(self, children: Sequence[Child], *, cold_stop_timeout: float = COLD_STOP_TIMEOUT) -> None:
+    def __init__(
+        self,
+        children: Sequence[Child],
+        *,
+        cold_stop_timeout: float = COLD_STOP_TIMEOUT,
+        when_started: Callable[[], Any] | None = None,
+    ) -> None:
         self.slots = [_Slot(child) for child in children]
         self.cold_stop_timeout = cold_stop_timeout
+        #: Called once every child has been started (every gate has opened): e.g. announce the
+        #: node's workers only once they run.
+        self.when_started = when_started
+        self._all_started = False
         self.stop_requests = 0
         self.hangups = 0
         self.exit_code = 0
@@ -233,11 +288,16 @@ class Supervisor:
 
     def _start_pending(self, now: float) -> None:
         """Start children not started yet, in order, up to the first gate that is not ready."""
+        if self._all_started:
+            return
         for slot in self.slots:
             if not slot.started:
                 self._start(slot, now)
             if slot.child.gate and not slot.ready:
                 return
+        self._all_started = True
+        if self.when_started is not None:
+            self.when_started()
 
     def _check_ready(self) -> None:
         for slot in self.slots:
@@ -344,16 +404,20 @@ class Supervisor:
         for slot in slots:
             if kill:
                 slot.killed = True
+                slot.process.kill()  # type: ignore[union-attr]
             else:
                 slot.cold_at = now
-            slot.process.send(signal.SIGKILL if kill else slot.child.cold_signal)  # type: ignore[union-attr]
+                slot.process.send(slot.child.cold_signal)  # type: ignore[union-attr]
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hangup)
-        self._start_pending(time.monotonic())
+        global _early_stops
+        self.stop_requests, _early_stops = self.stop_requests + _early_stops, 0
+        if not self.stop_requests:
+            self._start_pending(time.monotonic())
         while True:
             now = time.monotonic()
             self._reap(now)
@@ -361,6 +425,7 @@ class Supervisor:
                 self.hangups -= 1
                 for slot in self._live():
                     if slot.child.hangup_signal is not None:
+                        logger.info("Passing SIGHUP on to %s", slot.child.name)
                         slot.process.send(slot.child.hangup_signal)  # type: ignore[union-attr]
             if self.stop_requests or self.exit_code or self._all_essential_ended() or self.stopping:
                 self._advance_shutdown(now)

@@ -32,7 +32,7 @@ from .periodic import periodic_child
 from .queues import get_connection, get_queue
 from .registry import services
 from .startup import validate
-from .supervisor import Child, Restart, Supervisor
+from .supervisor import Child, Restart, Supervisor, catch_stop_signals
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def node_children(keys: tuple[str, ...], *, processes: int | None = None, **opti
         current_mode().describe(),
         "; ".join(f"{g.processes} x [{', '.join(g.queues)}]" for g in groups),
     )
-    return [periodic_child(keys), *worker_children(groups, **options)]
+    return [periodic_child(keys, grace=options.get("grace")), *worker_children(groups, **options)]
 
 
 def run(
@@ -283,6 +283,7 @@ def run(
     log_level: str = "INFO",
 ) -> int:
     """Start workers for exactly the services this node serves; returns the exit code."""
+    catch_stop_signals()  # a stop during the checks below is not lost
     validate()
     mode = current_mode()
     keys = served_keys(mode)
@@ -300,8 +301,11 @@ def run(
         log_level=log_level,
     )
     workers = sum(1 for child in children if is_worker(child))
-    heartbeat = presence.announce("workers", processes=workers, services=list(keys))
+    # Coverage counts this node for its keys only once the workers run (after the first sweeps).
+    heartbeat = presence.Heartbeat(
+        presence.describe_process("workers", processes=workers, services=list(keys))
+    )
     try:
-        return Supervisor(children).run()
+        return Supervisor(children, when_started=heartbeat.start).run()
     finally:
         heartbeat.stop()
