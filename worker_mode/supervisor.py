@@ -23,7 +23,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -100,13 +99,6 @@ def set_parent_death_signal(sig: int) -> None:
         pass
 
 
-def _program_setup() -> None:
-    set_parent_death_signal(signal.SIGTERM)
-    # A SIGHUP passed on before the program has set its own handler (gunicorn's reload) must
-    # not end it; an ignored signal stays ignored across exec until the program handles it.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process descending from it (read from /proc), parents first."""
     children: dict[int, list[int]] = {}
@@ -142,11 +134,18 @@ def catch_stop_signals() -> None:
     signal.signal(signal.SIGINT, _count_early_stop)
 
 
-def _function_main(child: Child, ready: Connection | None) -> None:
+def _child_main(child: Child, ready: Connection | None) -> None:
+    """In the forked child: its own process group, SIGTERM when the supervisor dies, default
+    signal handling; then exec the program or call the function."""
     os.setpgid(0, 0)
     set_parent_death_signal(signal.SIGTERM)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    if child.argv:
+        # A SIGHUP passed on before the program has set its own handler (gunicorn's reload) must
+        # not end it; an ignored signal stays ignored across exec until the program handles it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.execvp(child.argv[0], child.argv)
     assert child.target is not None
     if ready is None:
         child.target(*child.args)
@@ -160,25 +159,15 @@ def _function_main(child: Child, ready: Connection | None) -> None:
 
 
 class _Process:
-    """A started child: a program (Popen) or a forked function (multiprocessing)."""
+    """A started child, forked (and, for a program, exec'd)."""
 
     def __init__(self, child: Child) -> None:
-        self.ready: Connection | None = None
-        if child.argv:
-            self._popen: subprocess.Popen[bytes] | None = subprocess.Popen(
-                child.argv, process_group=0, preexec_fn=_program_setup
-            )
-            self._forked = None
-            self.pid = self._popen.pid
-            return
-        self._popen = None
         connections.close_all()  # a forked child must not share the supervisor's database sockets
+        self.ready: Connection | None = None
         writer = None
         if child.gate:
             self.ready, writer = _FORK.Pipe(duplex=False)
-        self._forked = _FORK.Process(
-            target=_function_main, args=(child, writer), name=child.name, daemon=False
-        )
+        self._forked = _FORK.Process(target=_child_main, args=(child, writer), name=child.name, daemon=False)
         self._forked.start()
         if writer is not None:
             writer.close()
@@ -186,9 +175,6 @@ class _Process:
 
     def poll(self) -> int | None:
         """The exit code once it has ended (negative: killed by that signal), else None."""
-        if self._popen is not None:
-            return self._popen.poll()
-        assert self._forked is not None
         if self._forked.is_alive():
             return None
         self._forked.join()
