@@ -30,8 +30,6 @@ MAX_COLUMNS = 16_384
 _XML_CHUNK = 64 * 1024
 #: Bytes read up front to detect the encoding and the delimiter.
 SAMPLE_SIZE = 64 * 1024
-#: Characters a spreadsheet reads as the start of a formula (OWASP's list; tab and CR too).
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 DELIMITERS = ",;\t|"
 #: Encodings that decode any bytes into text without being a file's encoding (Python's codecs of
 #: host names, escapes and placeholders); codecs that are not text encodings at all (rot13, zlib,

@@ -80,7 +80,3 @@ def get_spec(label: str) -> ModelSpec:
         f"Model {text(label, 60)!r} may not be imported or exported; "
         f"allowed: {', '.join(allowed_labels()) or 'none'}."
     )
-
-
-def specs() -> list[ModelSpec]:
-    return [_resolve(label, entry) for label, entry in conf.ASYNC_TASKS_MODELS.items()]
