@@ -3,10 +3,12 @@ example cover every registered service key, probes, the Service and grace period
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -44,6 +46,29 @@ def test_every_manifest_file_parses():
     for path in files:
         documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
         assert documents, path
+
+
+#: The oldest Kubernetes release kubernetes-validate has schemas for, and its newest.
+K8S_VERSIONS = ["1.25.0", kubernetes_validate.latest_version()]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")))
+def test_kubernetes_manifests_match_the_kubernetes_schemas(name, version):
+    checked = 0
+    for doc in k8s_documents(name):
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # a KEDA custom resource: no schema ships with Kubernetes (its names are checked below)
+        kubernetes_validate.validate(doc, version, strict=True)  # strict: unknown fields are errors
+        checked += 1
+    assert checked or name == "keda.yaml"
+
+
+def test_the_schema_check_refuses_a_misspelt_field():
+    deployment = copy.deepcopy(deployments("three-node.yaml")[0])
+    deployment["spec"]["replica"] = 2  # "replicas"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
 
 
 @pytest.mark.parametrize("name", K8S_EXAMPLES)
