@@ -46,15 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BENCH_DB = "nocobase_bench_faults"
 
-from tests.conftest import lose_node  # noqa: E402 (the same loss the tests inflict)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import RedisServer, free_port, lose_node  # noqa: E402 (what the tests use)
 
 
 def wait(predicate, timeout: float, interval: float = 0.1):
@@ -65,34 +57,6 @@ def wait(predicate, timeout: float, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise SystemExit(f"not done within {timeout} s: {predicate.__doc__ or predicate}")
-
-
-class Redis:
-    def __init__(self, tmp: Path) -> None:
-        self.port, self.tmp, self.process = free_port(), tmp, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-
-        def answers():
-            try:
-                return client.ping()
-            except redis.ConnectionError:
-                return False
-
-        wait(answers, 10, 0.05)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
 
 
 class Node:
@@ -144,7 +108,7 @@ def main() -> None:
         conn.execute(f"CREATE DATABASE {BENCH_DB}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     (tmp / "var").mkdir()
-    redis = Redis(tmp)
+    redis = RedisServer(tmp)
     redis.start()
     env = {
         **{
@@ -182,7 +146,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(env: dict[str, str], redis: Redis, hook_url: str, tmp: Path) -> None:
+def run(env: dict[str, str], redis: RedisServer, hook_url: str, tmp: Path) -> None:
     import logging
 
     import django

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
@@ -18,7 +16,15 @@ import pytest
 import redis
 
 from api_tokens.models import ApiToken
-from tests.conftest import build_workflow, free_port, http_get, shared_database_url, wait_for_http, wait_until
+from tests.conftest import (
+    RedisServer,
+    build_workflow,
+    free_port,
+    http_get,
+    shared_database_url,
+    wait_for_http,
+    wait_until,
+)
 from workflows import triggers
 from workflows.models import Execution
 
@@ -27,43 +33,13 @@ pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 CALC = [{"key": "double", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}}]
 
 
-class RedisServer:
-    """A redis-server of this test alone, on a fixed port, that can be stopped and restarted empty."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-
-        def answers():
-            try:
-                return client.ping()
-            except redis.ConnectionError:
-                return False
-
-        wait_until(answers, timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()  # like a crash: nothing is saved
-            self.process.wait(10)
-
-
 @pytest.fixture
 def own_redis(settings):
     server = RedisServer()
     server.start()
     settings.REDIS_URL = server.url
     yield server
-    server.stop()
+    server.kill()
 
 
 @pytest.fixture
@@ -92,7 +68,7 @@ def test_redis_restarted_empty_with_1000_queued_executions(start_node, env, own_
     for n in range(1000):
         triggers.trigger_manually(workflow, {"n": n})
     assert redis.Redis.from_url(own_redis.url).llen("rq:queue:workflow:process") == 1000
-    own_redis.stop()
+    own_redis.kill()
     own_redis.start()  # back, empty: every message is gone, the rows are the truth
     assert redis.Redis.from_url(own_redis.url).llen("rq:queue:workflow:process") == 0
     node = start_node(["runworkers", "--processes", "2"], "workflow:process", **env)
@@ -113,7 +89,7 @@ def test_redis_down_request_nodes_keep_serving_and_accepting_triggers(start_node
     web = start_node(["runnode", "--bind", f"127.0.0.1:{port}"], "!", **env)
     base = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base}/healthz", web)
-    own_redis.stop()
+    own_redis.kill()
 
     def trigger(n: int) -> int:
         request = urllib.request.Request(

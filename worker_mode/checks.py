@@ -42,6 +42,11 @@ def _is_whole(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+def _unless(ok: bool, msg: str, hint: str, id: str) -> list[CheckMessage]:
+    """The error ``id`` with ``msg`` and ``hint``, unless the setting is ``ok``."""
+    return [] if ok else [Error(msg, hint=hint, id=id)]
+
+
 @register(Tags.compatibility)
 def check_worker_mode(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """E001: WORKER_MODE cannot be parsed. E002: it names a key no app registered."""
@@ -137,23 +142,19 @@ def check_process_settings(app_configs: Iterable[Any] | None = None, **kwargs: A
                 )
             )
     grace = conf.WORKER_MODE_SHUTDOWN_GRACE
-    if not _is_seconds(grace, 0, math.inf):
-        errors.append(
-            Error(
-                f"WORKER_MODE_SHUTDOWN_GRACE must be seconds >= 0, not {grace!r}.",
-                hint="Keep it below your orchestrator's kill timeout (Kubernetes: 30 s).",
-                id="worker_mode.E006",
-            )
-        )
+    errors += _unless(
+        _is_seconds(grace, 0, math.inf),
+        f"WORKER_MODE_SHUTDOWN_GRACE must be seconds >= 0, not {grace!r}.",
+        "Keep it below your orchestrator's kill timeout (Kubernetes: 30 s).",
+        "worker_mode.E006",
+    )
     bad_paths = [p for p in conf.WORKER_MODE_EXEMPT_PATHS if not (isinstance(p, str) and p.startswith("/"))]
-    if bad_paths:
-        errors.append(
-            Error(
-                f"WORKER_MODE_EXEMPT_PATHS entries must start with '/': {bad_paths!r}.",
-                hint="Use URL paths such as '/healthz'; end one with '/' to exempt a prefix.",
-                id="worker_mode.E007",
-            )
-        )
+    errors += _unless(
+        not bad_paths,
+        f"WORKER_MODE_EXEMPT_PATHS entries must start with '/': {bad_paths!r}.",
+        "Use URL paths such as '/healthz'; end one with '/' to exempt a prefix.",
+        "worker_mode.E007",
+    )
     return errors
 
 
@@ -177,32 +178,26 @@ def check_worker_settings(app_configs: Iterable[Any] | None = None, **kwargs: An
             )
         )
     limit = conf.WORKER_MODE_RESTART_LIMIT
-    if not _is_whole(limit, 1):
-        errors.append(
-            Error(
-                f"WORKER_MODE_RESTART_LIMIT must be a whole number >= 1, not {limit!r}.",
-                hint="How many crashes within WORKER_MODE_RESTART_WINDOW fail the node (default 5).",
-                id="worker_mode.E014",
-            )
-        )
+    errors += _unless(
+        _is_whole(limit, 1),
+        f"WORKER_MODE_RESTART_LIMIT must be a whole number >= 1, not {limit!r}.",
+        "How many crashes within WORKER_MODE_RESTART_WINDOW fail the node (default 5).",
+        "worker_mode.E014",
+    )
     window = conf.WORKER_MODE_RESTART_WINDOW
-    if not _is_seconds(window, 0, math.inf) or window == 0:
-        errors.append(
-            Error(
-                f"WORKER_MODE_RESTART_WINDOW must be seconds > 0, not {window!r}.",
-                hint="The window in which WORKER_MODE_RESTART_LIMIT crashes fail the node (default 60).",
-                id="worker_mode.E014",
-            )
-        )
+    errors += _unless(
+        _is_seconds(window, 0, math.inf) and window != 0,
+        f"WORKER_MODE_RESTART_WINDOW must be seconds > 0, not {window!r}.",
+        "The window in which WORKER_MODE_RESTART_LIMIT crashes fail the node (default 60).",
+        "worker_mode.E014",
+    )
     nice = conf.WORKER_MODE_WORKER_NICE
-    if not (_is_whole(nice, -20) and nice <= 19):
-        errors.append(
-            Error(
-                f"WORKER_MODE_WORKER_NICE must be a whole number from -20 to 19, not {nice!r}.",
-                hint="0 keeps the workers at the node's priority; the default 10 lets requests go first.",
-                id="worker_mode.E015",
-            )
-        )
+    errors += _unless(
+        _is_whole(nice, -20) and nice <= 19,
+        f"WORKER_MODE_WORKER_NICE must be a whole number from -20 to 19, not {nice!r}.",
+        "0 keeps the workers at the node's priority; the default 10 lets requests go first.",
+        "worker_mode.E015",
+    )
     return errors
 
 
