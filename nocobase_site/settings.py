@@ -59,15 +59,26 @@ def env_strict(name: str, default, kind: type = int):
         raise ImproperlyConfigured(f"{name}={raw!r} is not {what}.") from None
 
 
+def env_pairs(name: str, example: str) -> dict[str, str]:
+    """``"a:b=x,c:d=y"`` -> {"a:b": "x", "c:d": "y"}: a service key, '=', a value (which may hold '=')."""
+    pairs: dict[str, str] = {}
+    for item in env_list(name, ""):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ImproperlyConfigured(f"{name}: {item!r} is not KEY=VALUE, e.g. {example!r}.")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
 def env_counts(name: str) -> dict[str, int]:
     """``"workflow:process=2,async-task:process=1"`` -> {"workflow:process": 2, ...}."""
-    counts: dict[str, int] = {}
-    for item in env_list(name, ""):
-        key, sep, count = item.rpartition("=")
-        if not sep or not count.strip().isdigit():
-            raise ValueError(f"{name}: {item!r} is not KEY=COUNT, e.g. 'workflow:process=2'.")
-        counts[key.strip()] = int(count)
-    return counts
+    counts = env_pairs(name, "workflow:process=2")
+    for key, count in counts.items():
+        if not count.isdigit():
+            raise ImproperlyConfigured(
+                f"{name}: {key}={count!r} is not a whole number, e.g. 'workflow:process=2'."
+            )
+    return {key: int(count) for key, count in counts.items()}
 
 
 # The default is for a laptop only: a node serving requests on any other address refuses to start
@@ -92,8 +103,10 @@ from_env("WORKER_MODE_NODE_NAME", alias="NODE_NAME")  # NODE_NAME: the short nam
 WORKER_MODE_GUNICORN_CONFIG = str(BASE_DIR / "nocobase_site" / "gunicorn.conf.py")
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-# One RQ queue per registered service key, on REDIS_URL (computed when read, so keys registered by
-# apps are seen). A site may list its own queues instead, e.g. one Redis per key (worker_mode.E003).
+# A Redis of its own for some service keys: "async-task:process=redis://redis-b:6379/0".
+WORKER_MODE_REDIS_URLS = env_pairs("WORKER_MODE_REDIS_URLS", "async-task:process=redis://redis-b:6379/0")
+# One RQ queue per registered service key, on its Redis (computed when read, so keys registered by
+# apps are seen). A site may list its own queues instead (worker_mode.E003).
 RQ_QUEUES = ServiceQueues()
 # django-rq's admin entry asks only for is_staff; worker_mode serves its pages with permissions.
 RQ_SHOW_ADMIN_LINK = False

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
@@ -179,3 +180,33 @@ def test_every_default_has_a_typed_property_and_nothing_else(app):
     properties = {name for name, value in vars(type(conf)).items() if isinstance(value, property)}
     assert names == properties  # one typed property per setting, its default in defaults.py
     assert not hasattr(type(conf), "__getattr__")  # no setting read by name at run time
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (["redis://h:6379/0"], "must be a dict"),
+        ({"async-task:proces": "redis://h:6379/0"}, "Did you mean 'async-task:process'"),
+        ({"async-task:process": "http://h:6379/0"}, "is not a Redis URL"),
+        ({"async-task:process": None}, "is not a Redis URL"),
+    ],
+)
+def test_e016_redis_urls(value, message):
+    with override_settings(WORKER_MODE_REDIS_URLS=value):
+        errors = checks.check_queues()
+    assert check_error_codes(errors) == ["worker_mode.E016"]
+    assert message in errors[0].msg + errors[0].hint
+
+
+def test_a_service_key_on_its_own_redis():
+    from django_rq.settings import QUEUES
+
+    from worker_mode.queues import get_connection, server_of
+
+    with override_settings(WORKER_MODE_REDIS_URLS={"async-task:process": "redis://10.0.0.9:6390/2"}):
+        assert checks.check_queues() == []
+        assert QUEUES["async-task:process"]["URL"] == "redis://10.0.0.9:6390/2"
+        assert QUEUES["workflow:process"]["URL"] == settings.REDIS_URL
+        assert server_of("async-task:process") != server_of("workflow:process")
+        kwargs = get_connection("async-task:process").connection_pool.connection_kwargs
+        assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("10.0.0.9", 6390, 2)

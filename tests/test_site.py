@@ -110,6 +110,24 @@ def test_the_laptop_defaults_fail_check_deploy(tmp_path):
     assert done.returncode != 0 and "nocobase_site.E001" in done.stderr
 
 
+def test_a_service_key_on_its_own_redis_from_the_environment(tmp_path):
+    """WORKER_MODE_REDIS_URLS as an environment variable; a malformed one stops the process, naming it."""
+    code = "from django_rq.settings import QUEUES; print(QUEUES['async-task:process']['URL'])"
+    env = site_process_env(tmp_path, WORKER_MODE_REDIS_URLS="async-task:process=redis://10.0.0.9:6390/2?x=1")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "--no-imports", "-c", code],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.strip() == "redis://10.0.0.9:6390/2?x=1", done.stderr
+    env["WORKER_MODE_REDIS_URLS"] = "redis://10.0.0.9:6390/2"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "check"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "WORKER_MODE_REDIS_URLS: 'redis://10.0.0.9:6390/2' is not KEY=VALUE" in done.stderr
+
+
 @pytest.mark.processes
 def test_gunicorn_refuses_to_serve_others_on_the_default_secret(tmp_path, redis_server):
     env = site_process_env(tmp_path, REDIS_URL=redis_server)

@@ -36,6 +36,19 @@ def test_plan_ignores_counts_of_services_this_node_does_not_serve():
     assert plan_groups((AT,), 1, {WF: 4}) == [WorkerGroup("shared", (AT,), 1)]
 
 
+def test_plan_one_shared_pool_per_redis_server():
+    """An rq worker listens on one connection: keys on different Redis servers never share one."""
+    servers = {WF: "redis-a", AT: "redis-b", "thumbs:process": "redis-a"}
+    assert plan_groups((WF, AT, "thumbs:process"), 2, {}, servers.get) == [
+        WorkerGroup("shared-1", (WF, "thumbs:process"), 2),
+        WorkerGroup("shared-2", (AT,), 2),
+    ]
+    assert plan_groups((WF, AT), 1, {AT: 1}, servers.get) == [
+        WorkerGroup("shared", (WF,), 1),
+        WorkerGroup(AT, (AT,), 1),
+    ]
+
+
 def test_plan_refuses_an_empty_shared_pool():
     with pytest.raises(WorkerModeError, match="async-task:process have no dedicated processes"):
         plan_groups((WF, AT), 0, {WF: 1})

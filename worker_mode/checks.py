@@ -47,6 +47,16 @@ def _unless(ok: bool, msg: str, hint: str, id: str) -> list[CheckMessage]:
     return [] if ok else [Error(msg, hint=hint, id=id)]
 
 
+def _unknown_key(setting: str, key: str, id: str) -> Error:
+    suggestion = did_you_mean(key, services.keys())
+    return Error(
+        f"{setting} names unknown service key {key!r}.",
+        hint=(f"Did you mean {suggestion!r}? " if suggestion else "")
+        + f"Registered keys: {', '.join(services.keys()) or 'none'}.",
+        id=id,
+    )
+
+
 @register(Tags.compatibility)
 def check_worker_mode(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """E001: WORKER_MODE cannot be parsed. E002: it names a key no app registered."""
@@ -60,25 +70,12 @@ def check_worker_mode(app_configs: Iterable[Any] | None = None, **kwargs: Any) -
                 id="worker_mode.E001",
             )
         ]
-    errors: list[CheckMessage] = []
-    registered = services.keys()
-    for key in mode.keys:
-        if key in services:
-            continue
-        suggestion = did_you_mean(key, registered)
-        known = ", ".join(registered) or "none"
-        hint = f"Registered keys: {known}."
-        if suggestion:
-            hint = f"Did you mean {suggestion!r}? " + hint
-        errors.append(
-            Error(f"WORKER_MODE names unknown service key {key!r}.", hint=hint, id="worker_mode.E002")
-        )
-    return errors
+    return [_unknown_key("WORKER_MODE", key, "worker_mode.E002") for key in mode.keys if key not in services]
 
 
 @register(Tags.compatibility)
 def check_queues(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E003: RQ_QUEUES is not set, or lacks the queue of a registered service."""
+    """E003: RQ_QUEUES is not set, or lacks the queue of a registered service. E016: a key's own Redis."""
     queues = getattr(settings, "RQ_QUEUES", None)
     if queues is None:
         return [
@@ -90,14 +87,43 @@ def check_queues(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
             )
         ]
     return [
-        Error(
-            f"RQ_QUEUES has no queue for service {service.key!r}.",
-            hint=f"Add {service.queue_name!r} to RQ_QUEUES, or use worker_mode.queues.ServiceQueues().",
-            id="worker_mode.E003",
-        )
-        for service in services
-        if service.queue_name not in queues
+        *(
+            Error(
+                f"RQ_QUEUES has no queue for service {service.key!r}.",
+                hint=f"Add {service.queue_name!r} to RQ_QUEUES, or use worker_mode.queues.ServiceQueues().",
+                id="worker_mode.E003",
+            )
+            for service in services
+            if service.queue_name not in queues
+        ),
+        *_redis_url_errors(conf.WORKER_MODE_REDIS_URLS),
     ]
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url_errors(urls: Any) -> list[CheckMessage]:
+    """E016: WORKER_MODE_REDIS_URLS is not a dict, names an unknown key, or holds no Redis URL."""
+    if not isinstance(urls, dict):
+        return [
+            Error(
+                "WORKER_MODE_REDIS_URLS must be a dict.",
+                hint='For example {"async-task:process": "redis://redis-b:6379/0"}.',
+                id="worker_mode.E016",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key, url in urls.items():
+        if key not in services:
+            errors.append(_unknown_key("WORKER_MODE_REDIS_URLS", key, "worker_mode.E016"))
+        errors += _unless(
+            isinstance(url, str) and url.startswith(_REDIS_SCHEMES),
+            f"WORKER_MODE_REDIS_URLS[{key!r}] is not a Redis URL: {url!r}.",
+            "Use redis://host:port/db, rediss:// (TLS) or unix:///path/to/redis.sock.",
+            "worker_mode.E016",
+        )
+    return errors
 
 
 @register(Tags.compatibility)
@@ -124,15 +150,7 @@ def check_process_settings(app_configs: Iterable[Any] | None = None, **kwargs: A
         per_service = {}
     for key, count in per_service.items():
         if key not in services:
-            suggestion = did_you_mean(key, services.keys())
-            errors.append(
-                Error(
-                    f"WORKER_MODE_SERVICE_PROCESSES names unknown service key {key!r}.",
-                    hint=(f"Did you mean {suggestion!r}? " if suggestion else "")
-                    + f"Registered keys: {', '.join(services.keys()) or 'none'}.",
-                    id="worker_mode.E005",
-                )
-            )
+            errors.append(_unknown_key("WORKER_MODE_SERVICE_PROCESSES", key, "worker_mode.E005"))
         elif not _is_whole(count, 1):
             errors.append(
                 Error(

@@ -40,6 +40,11 @@ class Settings:
         return dict(value) if isinstance(value, dict) else value  # worker_mode.E005 names the rest
 
     @property
+    def WORKER_MODE_REDIS_URLS(self) -> dict[str, str]:
+        value = _get("WORKER_MODE_REDIS_URLS")
+        return dict(value) if isinstance(value, dict) else value  # worker_mode.E016 names the rest
+
+    @property
     def WORKER_MODE_SHUTDOWN_GRACE(self) -> float:
         return _get("WORKER_MODE_SHUTDOWN_GRACE")
 

@@ -49,4 +49,8 @@ WORKER_MODE_QUEUED_GRACE = 10.0
 """Queued work this old (seconds) whose message is gone is enqueued again."""
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-"""The Redis the automatic RQ_QUEUES use (one queue per registered service key)."""
+"""The Redis the automatic RQ_QUEUES use (one queue per registered service key), and presence."""
+
+WORKER_MODE_REDIS_URLS: dict[str, str] = {}
+"""A Redis of its own per service key, e.g. {"async-task:process": "redis://redis-b:6379/0"};
+keys not listed use REDIS_URL. Presence (who is in the cluster) stays on REDIS_URL."""

@@ -1,8 +1,8 @@
 """One RQ queue per service key, and enqueueing on transaction commit.
 
-Unless the site sets ``RQ_QUEUES`` itself, worker_mode installs a lazy
-``RQ_QUEUES`` mapping with one queue per registered key on ``REDIS_URL``, so
-django-rq's admin views and commands see exactly the services' queues.
+The site sets ``RQ_QUEUES = ServiceQueues()``: a lazy mapping with one queue per
+registered key, on the key's Redis (``WORKER_MODE_REDIS_URLS``, else ``REDIS_URL``),
+so django-rq's admin views and commands see exactly the services' queues.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 class ServiceQueues(Mapping[str, dict[str, Any]]):
-    """A live ``RQ_QUEUES``: one entry per registered service key on ``REDIS_URL``.
+    """A live ``RQ_QUEUES``: one entry per registered service key, on the key's own Redis in
+    ``WORKER_MODE_REDIS_URLS`` or else on ``REDIS_URL``.
 
     Computed on every access, so keys registered after this object was made,
     and ``override_settings(REDIS_URL=...)``, are seen.
@@ -33,8 +34,10 @@ class ServiceQueues(Mapping[str, dict[str, Any]]):
 
     def _build(self) -> dict[str, dict[str, Any]]:
         queues: dict[str, dict[str, Any]] = {}
+        own = conf.WORKER_MODE_REDIS_URLS
+        own = own if isinstance(own, dict) else {}
         for service in services:
-            config: dict[str, Any] = {"URL": conf.REDIS_URL}
+            config: dict[str, Any] = {"URL": own.get(service.key) or conf.REDIS_URL}
             if service.default_timeout is not None:
                 config["DEFAULT_TIMEOUT"] = service.default_timeout
             queues[service.queue_name] = config
@@ -64,17 +67,25 @@ def _forget_connections() -> None:
 os.register_at_fork(after_in_child=_forget_connections)
 
 
-def get_connection(key: str) -> Redis:
-    """The Redis connection of ``key``'s queue, shared per process and per settings."""
-    from django_rq.connection_utils import filter_connection_params, get_redis_connection
+def server_of(key: str) -> tuple[Any, ...]:
+    """What identifies the Redis server (and database) of ``key``'s queue: keys with equal values
+    share a connection, and may share a worker process."""
+    from django_rq.connection_utils import filter_connection_params
     from django_rq.settings import QUEUES
 
-    service = services.get(key)
-    config = QUEUES[service.queue_name]
-    cache_key = tuple(sorted((k, repr(v)) for k, v in filter_connection_params(config).items()))
+    config = QUEUES[services.get(key).queue_name]
+    return tuple(sorted((k, repr(v)) for k, v in filter_connection_params(config).items()))
+
+
+def get_connection(key: str) -> Redis:
+    """The Redis connection of ``key``'s queue, shared per process and per settings."""
+    from django_rq.connection_utils import get_redis_connection
+    from django_rq.settings import QUEUES
+
+    cache_key = server_of(key)
     connection = _connections.get(cache_key)
     if connection is None:
-        connection = _connections[cache_key] = get_redis_connection(config)
+        connection = _connections[cache_key] = get_redis_connection(QUEUES[services.get(key).queue_name])
     return connection
 
 

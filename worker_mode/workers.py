@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from .conf import conf
 from .exceptions import WorkerModeError
 from .node import current_mode, served_keys
 from .periodic import periodic_child
-from .queues import get_connection, get_queue
+from .queues import get_connection, get_queue, server_of
 from .registry import services
 from .startup import validate
 from .supervisor import Child, Restart, Supervisor, catch_stop_signals
@@ -175,19 +176,35 @@ class WorkerGroup:
 
 
 def plan_groups(
-    keys: tuple[str, ...], processes: int, service_processes: dict[str, int]
+    keys: tuple[str, ...],
+    processes: int,
+    service_processes: dict[str, int],
+    server: Callable[[str], Any] | None = None,
 ) -> list[WorkerGroup]:
-    """Split the served keys into dedicated groups and one shared group."""
+    """Split the served keys into dedicated groups and shared ones: one shared group of
+    ``processes`` per Redis server (``server(key)``; an rq worker listens on one connection)."""
     dedicated = [WorkerGroup(key, (key,), service_processes[key]) for key in keys if key in service_processes]
     shared = tuple(key for key in keys if key not in service_processes)
-    if shared:
-        if processes < 1:
-            raise WorkerModeError(
-                f"Services {', '.join(shared)} have no dedicated processes and the shared pool has "
-                f"{processes}; set --processes or WORKER_MODE_PROCESSES to 1 or more."
-            )
+    if not shared:
+        return dedicated
+    if processes < 1:
+        raise WorkerModeError(
+            f"Services {', '.join(shared)} have no dedicated processes and the shared pool has "
+            f"{processes}; set --processes or WORKER_MODE_PROCESSES to 1 or more."
+        )
+    by_server: dict[Any, tuple[str, ...]] = {}
+    for key in shared:
+        where = None if server is None else server(key)
+        by_server[where] = (*by_server.get(where, ()), key)
+    if len(by_server) == 1:
         return [WorkerGroup("shared", shared, processes), *dedicated]
-    return dedicated
+    return [
+        *(
+            WorkerGroup(f"shared-{index}", group, processes)
+            for index, group in enumerate(by_server.values(), 1)
+        ),
+        *dedicated,
+    ]
 
 
 def wait_for_redis(key: str) -> None:
@@ -263,6 +280,7 @@ def node_children(keys: tuple[str, ...], *, processes: int | None = None, **opti
         keys,
         conf.WORKER_MODE_PROCESSES if processes is None else processes,
         conf.WORKER_MODE_SERVICE_PROCESSES,
+        server_of,
     )
     logger.info(
         "Node %s (WORKER_MODE=%r, %s): %s",
