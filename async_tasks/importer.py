@@ -19,6 +19,8 @@ from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, models, transaction
 from django.db.models.signals import post_save
 
+from worker_mode.claims import retry_after_database_loss
+
 from .exceptions import FileRejected
 from .formats import MAX_CELL, RowProblem, _shown
 from .spec import ModelSpec
@@ -325,24 +327,31 @@ class Importer:
 
     def flush(self) -> None:
         batch, self._batch, self._keys = self._batch, [], set()
+        # A batch whose database connection is lost is written again once the database answers
+        # (nothing of it committed); its counts and errors apply once it commits.
         if batch:
-            batch = self._check_foreign_keys(batch)
-            try:
-                with transaction.atomic():
-                    outcome = self._write(batch)
-                    self._fence(outcome)
-            except (IntegrityError, DataError, RowRefused):
-                # Another unique field, a record written meanwhile, a value the database refuses
-                # (out of range, too long for its column), a row a receiver of its save refused
-                # (a synchronous workflow that rejects it): find the bad rows one by one.
-                with transaction.atomic():
-                    outcome = self._write_one_by_one(batch)
-                    self._fence(outcome)
-            self._record(outcome)
+            self._record(retry_after_database_loss(lambda: self._write_batch(batch)))
         elif self.fence is not None:
-            self.fence(self.summary)
+            retry_after_database_loss(lambda: self.fence(self.summary))
         if self.progress is not None:
             self.progress(self.summary)
+
+    def _write_batch(self, batch: list[_Row]) -> _Outcome:
+        batch, refused = self._check_foreign_keys(batch)
+        try:
+            with transaction.atomic():
+                outcome = self._write(batch)
+                outcome.errors[:0] = refused
+                self._fence(outcome)
+        except (IntegrityError, DataError, RowRefused):
+            # Another unique field, a record written meanwhile, a value the database refuses
+            # (out of range, too long for its column), a row a receiver of its save refused
+            # (a synchronous workflow that rejects it): find the bad rows one by one.
+            with transaction.atomic():
+                outcome = self._write_one_by_one(batch)
+                outcome.errors[:0] = refused
+                self._fence(outcome)
+        return outcome
 
     def _fence(self, outcome: _Outcome) -> None:
         if self.fence is not None:
@@ -360,7 +369,9 @@ class Importer:
         for row, column, message in outcome.errors:
             self._fail(row.number, column, message, row.raw)
 
-    def _check_foreign_keys(self, batch: list[_Row]) -> list[_Row]:
+    def _check_foreign_keys(self, batch: list[_Row]) -> tuple[list[_Row], list[tuple[_Row, str, str]]]:
+        """The rows whose references exist, and the others with their error."""
+        refused: list[tuple[_Row, str, str]] = []
         for f in self.foreign_keys:
             wanted = {row.values.get(f.attname) for row in batch} - {None}
             target = f.remote_field.model._base_manager
@@ -371,11 +382,11 @@ class Importer:
             for row in batch:
                 value = row.values.get(f.attname)
                 if value is not None and value not in found:
-                    self._fail(row.number, f.name, f"No {name} {_shown(value)!r}.", row.raw)
+                    refused.append((row, f.name, f"No {name} {_shown(value)!r}."))
                 else:
                     kept.append(row)
             batch = kept
-        return batch
+        return batch, refused
 
     def _existing(self, batch: list[_Row]) -> dict[Any, Any]:
         """Identifier -> primary key of the batch's rows that already exist (one query)."""

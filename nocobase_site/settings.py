@@ -122,6 +122,7 @@ from_env("WORKER_MODE_LEASE", float)
 from_env("WORKER_MODE_RECOVERY_INTERVAL", float)
 from_env("WORKER_MODE_REQUEUE_INTERVAL", float)
 from_env("WORKER_MODE_QUEUED_GRACE", float)
+from_env("WORKER_MODE_DATABASE_WAIT", float)
 from_env("WORKFLOWS_RECOVERY")
 from_env("WORKFLOWS_MAX_ATTEMPTS", int)
 from_env("ASYNC_TASKS_RECOVERY")
@@ -186,6 +187,10 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database host cut off answers nothing: give up a connection attempt after 10 s (the OS would
+    # wait minutes), so health checks, sweeps and waiting work notice and try again.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default must hold concurrent writers (workers, the admin, a cancel mid-import):
     # WAL lets readers run beside the writer, BEGIN IMMEDIATE takes the write lock up front (no

@@ -449,3 +449,126 @@ def test_settings_of_earlier_versions_are_refused_not_ignored(settings):
     assert check_error_codes(task_checks.check_settings()) == ["async_tasks.E005"]
     with pytest.raises(Exception, match="workflows.E005"):
         call_command("check")
+
+
+# -- database outages -------------------------------------------------------------------------
+
+ON_POSTGRES = pytest.mark.skipif(
+    not is_postgres(), reason="a lost database connection (a server terminating the session) needs PostgreSQL"
+)
+
+
+def lose_the_connection():
+    """The server ends this process's session, as a restarting database does; the next statement fails."""
+    import psycopg
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    settings_dict = connection.settings_dict
+    with psycopg.connect(
+        host=settings_dict["HOST"] or None, port=settings_dict["PORT"] or None, user=settings_dict["USER"],
+        password=settings_dict["PASSWORD"] or None, dbname=settings_dict["NAME"], autocommit=True,
+    ) as other:  # fmt: skip
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+@ON_POSTGRES
+def test_a_lost_connection_is_told_from_an_error_of_the_work():
+    from django.db import DatabaseError, IntegrityError, connection
+
+    lose_the_connection()
+    with pytest.raises(DatabaseError) as lost:
+        Execution.objects.count()
+    assert claims.connection_lost(lost.value)
+    connection.close()
+    from catalog.models import Product
+
+    Product.objects.create(sku="P-1", name="Mug", price=1, quantity=1)
+    with pytest.raises(IntegrityError) as refused:
+        Product.objects.create(sku="P-1", name="Mug", price=1, quantity=1)
+    assert not claims.connection_lost(refused.value)
+    with pytest.raises(DatabaseError) as cancelled, connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = 50")
+        cursor.execute("SELECT pg_sleep(1)")  # an OperationalError of the work: a statement timeout
+    assert not claims.connection_lost(cancelled.value)
+    connection.close()  # not this session's timeout for the rest of the test
+
+
+@pytest.mark.skipif(is_postgres(), reason="on SQLite no error is taken for a lost connection")
+def test_on_sqlite_every_database_error_is_the_work_s():
+    from django.db import OperationalError
+
+    assert not claims.connection_lost(OperationalError("database is locked"))
+
+
+@ON_POSTGRES
+@pytest.mark.parametrize(("policy", "status"), [("retry", "queued"), ("fail", "error")])
+def test_work_that_loses_its_database_is_queued_again_or_ended_by_policy(
+    settings, redis_conn, policy, status
+):
+    settings.WORKFLOWS_RECOVERY = policy
+    execution = queued_execution()
+    redis_conn.flushdb()
+    claim = claims.claim(Execution, execution.pk)
+    with claim:
+        lose_the_connection()
+        Execution.objects.count()  # the work's next statement finds the session gone
+    execution.refresh_from_db()
+    assert execution.status == status
+    if policy == "retry":
+        assert execution.attempts == 0  # an outage is not the work's attempt
+        assert redis_conn.llen("rq:queue:workflow:process") == 1  # dispatched again
+    else:
+        assert execution.error.startswith("The database connection was lost during the run: ")
+
+
+@ON_POSTGRES
+def test_an_import_batch_whose_connection_is_lost_is_written_again_once(task_storage):
+    from async_tasks.importer import Importer
+    from async_tasks.spec import get_spec
+    from catalog.models import Product
+
+    fences = []
+
+    def fence(summary):  # inside each batch's transaction; the first time, the database goes away
+        fences.append(summary.created)
+        if len(fences) == 1:
+            lose_the_connection()
+        Product.objects.count()
+
+    rows = [(n + 2, [f"S-{n}", f"Product {n}", "1.00", "1", "true", "2024-01-01"]) for n in range(30)]
+    header = ["sku", "name", "price", "quantity", "active", "created"]
+    importer = Importer(get_spec("catalog.Product"), header, batch_size=20, fence=fence)
+    summary = importer.run(iter(rows))
+    assert fences == [20, 20, 30]  # the first batch twice (rolled back, then written), then the second
+    assert (summary.created, summary.failed, Product.objects.count()) == (30, 0, 30)
+
+
+def test_recovery_leaves_lapsed_leases_alone_just_after_a_database_outage(settings, monkeypatch):
+    execution = queued_execution()
+    claim = claims.claim(Execution, execution.pk, owner=Owner("node-a", 4242, "node-a.shared.0.4242"))
+    Execution.objects.filter(pk=claim.pk).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+    monkeypatch.setattr(claims, "_unreachable_at", claims.time.monotonic())  # this sweeper just lost it
+    assert claims.recover(Execution) == {"retried": 0, "failed": 0}  # its owner may renew it now
+    monkeypatch.setattr(claims, "_unreachable_at", claims.time.monotonic() - claims.lease_seconds())
+    assert claims.recover(Execution) == {"retried": 1, "failed": 0}
+
+
+def test_a_sweeper_notes_when_it_cannot_reach_the_database(settings, monkeypatch):
+    from django.db import connection
+
+    assert claims.database_answers()
+    before = claims._unreachable_at
+    monkeypatch.setitem(connection.settings_dict, "NAME", "/nonexistent/dir/db.sqlite3")
+    if is_postgres():
+        monkeypatch.setitem(connection.settings_dict, "NAME", "no_such_database_here")
+    connection.close()
+    assert not claims.database_answers() and claims.recently_unreachable()
+    assert claims._unreachable_at > before
+    monkeypatch.undo()
+    connection.close()
+    assert claims.database_answers()

@@ -254,7 +254,7 @@ def _is_seconds(value: Any, minimum: float, maximum: float = _MAX_SECONDS) -> bo
 
 @register(Tags.compatibility)
 def check_claim_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E008: the lease. E009: recovery intervals. E010: a claimed-work model. E011: its recovery settings."""
+    """E008: the lease. E009: intervals and waits. E010: a claimed-work model. E011: its recovery settings."""
     from .claims import POLICIES, work_models
     from .models import ClaimedWork
 
@@ -267,7 +267,12 @@ def check_claim_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any
                 id="worker_mode.E008",
             )
         )
-    for name in ("WORKER_MODE_RECOVERY_INTERVAL", "WORKER_MODE_REQUEUE_INTERVAL", "WORKER_MODE_QUEUED_GRACE"):
+    for name in (
+        "WORKER_MODE_RECOVERY_INTERVAL",
+        "WORKER_MODE_REQUEUE_INTERVAL",
+        "WORKER_MODE_QUEUED_GRACE",
+        "WORKER_MODE_DATABASE_WAIT",
+    ):
         value = getattr(conf, name)
         if not _is_seconds(value, 0) or value == 0:
             errors.append(

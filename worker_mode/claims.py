@@ -22,6 +22,11 @@ executions, import/export tasks, a third-party app's work) goes through::
   again or ended with the reason, by the model's policy (``<PREFIX>_RECOVERY``,
   ``<PREFIX>_MAX_ATTEMPTS``). **requeue_lost** (every WORKER_MODE_REQUEUE_INTERVAL
   seconds) enqueues again queued work whose message Redis lost.
+- **a database outage** is not an error of the work: work whose database connection is
+  lost waits for the database (WORKER_MODE_DATABASE_WAIT), then writes its interrupted
+  transaction again (``retry_after_database_loss``) or is queued again or ended by its
+  policy, with that reason; and a sweeper that could not reach the database within the
+  last lease leaves lapsed leases alone for a lease, so owners can renew them first.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -38,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.apps import apps
-from django.db import DatabaseError, connections, router
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, OperationalError, connections, router
 from django.db.models import F, Q
 from django.utils import timezone
 from redis import RedisError
@@ -54,6 +60,7 @@ POLICIES = (RETRY, FAIL)
 QUEUED, RUNNING = ClaimedWork.QUEUED, ClaimedWork.RUNNING
 
 W = TypeVar("W", bound=ClaimedWork)
+T = TypeVar("T")
 
 
 class ClaimLost(Exception):
@@ -422,7 +429,12 @@ class Claim:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         try:
-            if exc is None or (self.done and not self._finish_rolled_back()):
+            if exc is None:
+                return False
+            if connection_lost(exc, self.using):
+                self._after_database_loss(exc)
+                return True
+            if self.done and not self._finish_rolled_back():
                 return False
             if isinstance(exc, ClaimLost):
                 logger.warning("%s stopped: %s", self.label, exc)
@@ -458,22 +470,127 @@ class Claim:
 
     def _stop_before_done(self, exc: BaseException) -> None:
         """The process stops (a cold shutdown) before the work is done: apply the model's policy now."""
-        policy, _ = self.model.recovery_policy()
         try:
-            if policy == RETRY:
-                if self.release(refund_attempt=True):
-                    logger.warning("%s queued again: this process stopped before it was done", self.label)
-                    self.model.for_dispatch(self.model._base_manager.using(self.using)).get(
-                        pk=self.pk
-                    ).dispatch()
-            else:
-                reason = (
-                    f"Stopped before it was done: the process got {type(exc).__name__} (a cold shutdown)."
-                )
-                self.finish(self.model.abandoned_status, error=reason)
-                logger.warning("%s %s: %s", self.label, self.model.abandoned_status, reason)
+            self._by_policy(
+                "this process stopped before it was done",
+                f"Stopped before it was done: the process got {type(exc).__name__} (a cold shutdown).",
+                self.model.abandoned_status,
+            )
         except Exception:
             logger.exception("%s: could not release it while stopping; recovery will", self.label)
+
+    def _after_database_loss(self, exc: BaseException) -> None:
+        """The database went away under the work: once it answers again, the work is queued again
+        (its policy retries) or ended with that reason; its committed effects stay, as after a stop."""
+        wait = conf.WORKER_MODE_DATABASE_WAIT
+        logger.warning("%s: the database connection was lost (%s); waiting up to %.0f s for it",
+                       self.label, _first_line(exc), wait)  # fmt: skip
+        if not wait_for_database(self.using, wait):
+            logger.error("%s: the database did not answer within %.0f s; recovery takes the work over",
+                         self.label, wait)  # fmt: skip
+            return
+        try:
+            if self._by_policy(
+                "its database connection was lost",
+                f"The database connection was lost during the run: {_first_line(exc)}",
+                self.model.error_status,
+            ) is None:  # fmt: skip
+                logger.warning("%s was no longer this process's when the database came back", self.label)
+        except DatabaseError:
+            logger.exception("%s: could not record the database outage; recovery will end it", self.label)
+
+    def _by_policy(self, why: str, reason: str, status: str) -> bool | None:
+        """Queue the work again now if its model's policy retries (refunding this attempt), else end
+        it with ``status`` and ``reason``. True if queued again, False if ended, None if not ours."""
+        policy, _ = self.model.recovery_policy()
+        if policy == RETRY:
+            if not self.release(refund_attempt=True):
+                return None
+            logger.warning("%s queued again: %s", self.label, why)
+            self.model.for_dispatch(self.model._base_manager.using(self.using)).get(pk=self.pk).dispatch()
+            return True
+        if not self.finish(status, error=reason):
+            return None
+        logger.warning("%s %s: %s", self.label, status, reason)
+        return False
+
+
+# -- database outages ------------------------------------------------------------------------
+
+#: SQLSTATE classes of PostgreSQL errors that mean the server went away, not the statement failed:
+#: connection exceptions, and admin/crash shutdown or "starting up" (a restarting server).
+_CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+#: When this process last failed to reach the database (time.monotonic()).
+_unreachable_at = -math.inf
+
+
+def connection_lost(exc: BaseException, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether ``exc`` is the database going away (down, restarting, unreachable) rather than an
+    error of the work (a constraint, a deadlock, a statement timeout). PostgreSQL only: on other
+    databases every error counts as the work's."""
+    if not isinstance(exc, (OperationalError, InterfaceError)) or connections[using].vendor != "postgresql":
+        return False
+    state = getattr(exc.__cause__, "sqlstate", None)
+    return state is None or state.startswith(_CONNECTION_SQLSTATES)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def database_answers(using: str = DEFAULT_DB_ALIAS) -> bool:
+    """One ``SELECT 1`` on a working connection (a broken one is replaced); notes a failure."""
+    global _unreachable_at
+    connection = connections[using]
+    try:
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except DatabaseError:
+        _unreachable_at = time.monotonic()
+        connection.close()
+        return False
+
+
+def wait_for_database(using: str = DEFAULT_DB_ALIAS, timeout: float | None = None) -> bool:
+    """Wait until the database answers again, up to ``timeout`` seconds (WORKER_MODE_DATABASE_WAIT);
+    False if it did not."""
+    deadline = time.monotonic() + (conf.WORKER_MODE_DATABASE_WAIT if timeout is None else timeout)
+    delay = 0.2
+    while not database_answers(using):
+        if time.monotonic() + delay > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    return True
+
+
+def recently_unreachable() -> bool:
+    """Whether this process failed to reach the database within the last lease: leases that lapsed
+    meanwhile say nothing about their owners, who could not renew them either."""
+    return time.monotonic() - _unreachable_at < lease_seconds()
+
+
+def retry_after_database_loss(
+    write: Callable[[], T], *, using: str = DEFAULT_DB_ALIAS, attempts: int = 3
+) -> T:
+    """Run ``write`` (a transaction of its own, e.g. one batch of an import); if the database
+    connection is lost meanwhile, wait for the database and run it again, up to ``attempts`` times.
+    Inside an outer transaction nothing is retried (that transaction is gone too)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except DatabaseError as exc:
+            if attempt == attempts or not connection_lost(exc, using) or connections[using].in_atomic_block:
+                raise
+            logger.warning("The database connection was lost (%s); written again once it answers",
+                           _first_line(exc))  # fmt: skip
+            if not wait_for_database(using):
+                raise
+    raise AssertionError("unreachable")
 
 
 class _Renewer:
@@ -589,15 +706,20 @@ def _clock(value: datetime.datetime | None) -> str:
 
 
 def why_abandoned(
-    row: dict[str, Any], now: datetime.datetime, nodes: Callable[[], set[str] | None] = live_nodes
+    row: dict[str, Any],
+    now: datetime.datetime,
+    nodes: Callable[[], set[str] | None] = live_nodes,
+    *,
+    trust_leases: bool = True,
 ) -> str | None:
     """Why the owner of running ``row`` is gone, or None while it may be alive.
 
     ``nodes()`` gives the names of the nodes with presence (``live_nodes``); it is
-    called only when the lease and the process id leave the question open.
+    called only when the lease and the process id leave the question open. Without
+    ``trust_leases`` (the database was just unreachable) a lapsed lease proves nothing.
     """
     lease = row["lease_expires_at"]
-    if lease is None or lease <= now:
+    if trust_leases and (lease is None or lease <= now):
         return f"its lease lapsed at {_clock(lease)} (last heartbeat {_clock(row['heartbeat_at'])})"
     same_node = row["node_name"] == conf.WORKER_MODE_NODE_NAME and row["host"] == process_namespace()
     if same_node and row["pid"] and not _pid_alive(row["pid"]):
@@ -629,8 +751,9 @@ def recover(model: type[ClaimedWork], now: datetime.datetime | None = None) -> d
             read.append(live_nodes())
         return read[0]
 
+    trust_leases = not recently_unreachable()
     for row in model._base_manager.filter(status=RUNNING).values(*columns):
-        reason = why_abandoned(row, now, nodes)
+        reason = why_abandoned(row, now, nodes, trust_leases=trust_leases)
         if reason is None:
             continue
         if policy == RETRY and row["attempts"] < max_attempts and model.may_retry(row):

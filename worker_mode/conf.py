@@ -89,6 +89,10 @@ class Settings:
         return _get("WORKER_MODE_REQUEUE_INTERVAL")
 
     @property
+    def WORKER_MODE_DATABASE_WAIT(self) -> float:
+        return _get("WORKER_MODE_DATABASE_WAIT")
+
+    @property
     def WORKER_MODE_QUEUED_GRACE(self) -> float:
         return _get("WORKER_MODE_QUEUED_GRACE")
 

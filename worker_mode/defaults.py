@@ -45,6 +45,10 @@ WORKER_MODE_RECOVERY_INTERVAL = 5.0
 WORKER_MODE_REQUEUE_INTERVAL = 30.0
 """Seconds between checks for queued work whose queue message is gone (Redis flushed or down)."""
 
+WORKER_MODE_DATABASE_WAIT = 60.0
+"""Seconds claimed work that lost its database connection waits for the database to answer again;
+then the interrupted batch is written again (or the work queued again or ended, by its policy)."""
+
 WORKER_MODE_QUEUED_GRACE = 10.0
 """Queued work this old (seconds) whose message is gone is enqueued again."""
 

@@ -168,6 +168,7 @@ def run_forever(keys: tuple[str, ...], ready: Callable[[], None]) -> None:
     tasks when due. SIGUSR1 runs them all at once; SIGTERM ends it after the running task (SIGINT,
     the cold stop, ends it at once: SIGTERM may come twice, from the supervisor and from a
     service manager that signals every process)."""
+    from .claims import database_answers
     from .startup import wait_for_migrations
     from .workers import close_old_db_connections
 
@@ -194,6 +195,9 @@ def run_forever(keys: tuple[str, ...], ready: Callable[[], None]) -> None:
         ready()
     while not state["stop"]:
         force, state["wake"] = state["wake"], False
+        # Every node watches the database, sweeping or not: whichever takes the next sweep knows
+        # whether leases lapsed because their owners could not reach it (claims.recently_unreachable).
+        database_answers()
         runner.run_due(force=force, stop=stopping)
         close_old_db_connections()  # between sweeps as between requests: no broken or expired one kept
         due = min(runner.next_run.values(), default=runner.clock() + 60.0)

@@ -1,0 +1,295 @@
+"""The cluster as hosts (lab/): every node, PostgreSQL and both Redis servers on a host of its own,
+each a network namespace with its own address and host name on a private bridge, driven from this
+machine over that network only. The scenarios run in order on one lab (each leaves it whole):
+
+1. the three-node example across hosts: import, workflows, export, over HTTP to ``web``;
+2. a partition: the workflow host cut off mid-execution for longer than the liveness window; the
+   execution is recovered on another host; the returning host rejoins; every effect once;
+3. two Redis servers, one per service key: stopping redis-b stops only the import/export service,
+   and nothing queued is lost when it returns (empty);
+4. the database host lost (every process killed) and booted again during work.
+
+Run alone: ``pytest -m lab``. Needs root (``lab.why_unavailable()`` says why it skips otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import lab
+from lab.cluster import Cluster
+from tests.conftest import wait_until
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
+
+_reason = lab.why_unavailable()
+if _reason:
+    pytestmark.append(pytest.mark.skip(reason=f"the lab cannot run here: {_reason}"))
+
+#: Leases of 6 s (renewed every 2 s), recovery sweeps every second, lost messages re-sent after 2 s.
+FAST = {
+    "WORKER_MODE_LEASE": "6",
+    "WORKER_MODE_RECOVERY_INTERVAL": "1",
+    "WORKER_MODE_REQUEUE_INTERVAL": "2",
+    "WORKER_MODE_QUEUED_GRACE": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with lab.Lab(tmp_path_factory.mktemp("lab")) as the_lab:
+        cluster = Cluster(the_lab, settings_module="tests.settings", env=FAST)
+        cluster.start_node("web", "!")
+        cluster.start_node("wf", "workflow:process")
+        cluster.start_node("tasks", "async-task:process")
+        yield cluster
+        print(cluster.map())
+
+
+def logs(cluster: Cluster, *hosts: str) -> str:
+    return "\n".join(
+        f"--- {name}/{p.name}\n{p.text()[-4000:]}"
+        for name in hosts
+        for p in cluster.lab.hosts[name].processes.values()
+    )
+
+
+def finished_task(cluster: Cluster, task_id: int, timeout: float = 90) -> dict:
+    def done():
+        status, task = cluster.api("GET", f"/api/tasks/{task_id}")
+        assert status == 200, task
+        return task if task["status"] in ("succeeded", "failed", "canceled") else None
+
+    return wait_until(done, timeout=timeout, interval=0.3)
+
+
+def product_rows(prefix: str, count: int) -> bytes:
+    rows = "".join(
+        f"{prefix}-{i},Product {i},{i}.50,{10 if i % 2 else 0},true,2024-01-01\n" for i in range(count)
+    )
+    return f"sku,name,price,quantity,active,created\n{rows}".encode()
+
+
+class Hook(BaseHTTPRequestHandler):
+    """A webhook on this machine (the bridge's .1) that holds the first ``hold`` calls."""
+
+    calls: list[str] = []
+    hold = 0
+    release = threading.Event()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        Hook.calls.append(self.client_address[0])
+        if len(Hook.calls) <= Hook.hold:
+            Hook.release.wait(60)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+        except OSError:
+            pass  # the caller is cut off: that is the point
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def hook_server(cluster):
+    server = ThreadingHTTPServer((cluster.lab.gateway, 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://{cluster.lab.gateway}:{server.server_address[1]}/hook"
+    Hook.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def hook(hook_server):
+    Hook.calls, Hook.hold, Hook.release = [], 0, threading.Event()
+    yield Hook
+    Hook.release.set()
+
+
+@pytest.fixture(scope="module")
+def workflows(cluster, hook_server) -> dict[str, str]:
+    """Two manual workflows, each ending in an effect (an order named after its execution):
+    ``call``: HTTP call to the hook -> order; ``calc``: calculation -> order."""
+    order = (
+        "{'collection': 'catalog.Order', 'values': {'product': product.pk, 'quantity': 1, "
+        "'customer': 'execution {{ $system.execution }}'}}"
+    )
+    return cluster.django(
+        "from catalog.models import Product\n"
+        "from tests.conftest import build_workflow\n"
+        "product = Product.objects.create(sku='LAB-EFFECT', name='Effect', price=1, quantity=5)\n"
+        "build_workflow([{'key': 'call', 'type': 'http',\n"
+        f"    'config': {{'url': {hook_server!r}, 'body': {{}}, 'timeout': 30}}}},\n"
+        f"    {{'key': 'order', 'type': 'create', 'upstream': 'call', 'config': {order}}}], key='lab-call')\n"
+        "build_workflow([{'key': 'n', 'type': 'calculation',\n"
+        "    'config': {'expression': '{{ $context.data.n }} + 1'}},\n"
+        f"    {{'key': 'order', 'type': 'create', 'upstream': 'n', 'config': {order}}}], key='lab-calc')\n"
+        "result = {'call': 'lab-call', 'calc': 'lab-calc'}"
+    )
+
+
+def execution(cluster: Cluster, pk: int) -> tuple:
+    return cluster.sql("SELECT status, node_name, attempts FROM workflows_execution WHERE id = %s", pk)[0]
+
+
+def orders_for(cluster: Cluster, pk: int) -> int:
+    return cluster.sql("SELECT count(*) FROM catalog_order WHERE customer = %s", f"execution {pk}")[0][0]
+
+
+def trigger(cluster: Cluster, key: str, data: dict, host: str = "web") -> int:
+    status, body = cluster.api("POST", f"/api/workflows/{key}/trigger", data, host=host)
+    assert status == 202, body
+    return body["id"]
+
+
+def cluster_page(cluster: Cluster) -> str:
+    return cluster.admin_page("/admin/worker_mode/cluster/")
+
+
+# -- 1 ------------------------------------------------------------------------------------------
+def test_the_three_node_example_across_hosts(cluster):
+    assert cluster.api("GET", "/api/tasks", host="wf")[0] == 503  # worker hosts answer no requests
+    status, task = cluster.upload("/api/import/catalog.Product", "p.csv", product_rows("LAB", 6))
+    assert status == 202, task
+    task = finished_task(cluster, task["id"])
+    assert (task["status"], task["node"], task["summary"]["created"]) == ("succeeded", "tasks", 6), task
+
+    products = dict(cluster.sql("SELECT sku, id FROM catalog_product WHERE sku LIKE 'LAB-%%'"))
+    orders = "".join(f"{products[f'LAB-{i}']},1,lab customer {i}\n" for i in range(6))
+    status, task = cluster.upload(
+        "/api/import/catalog.Order", "o.csv", f"product,quantity,customer\n{orders}".encode(),
+        {"fire_workflows": "true"},
+    )  # fmt: skip
+    assert status == 202, task
+    task = finished_task(cluster, task["id"])
+    assert (task["status"], task["node"], task["summary"]["created"]) == ("succeeded", "tasks", 6), task
+
+    def resolved():
+        rows = cluster.sql(
+            "SELECT e.status, e.node_name FROM workflows_execution e JOIN workflows_workflow w "
+            "ON w.id = e.workflow_id WHERE w.key = 'order-created'"
+        )
+        return len(rows) == 6 and set(rows) == {("resolved", "wf")}
+
+    wait_until(resolved, timeout=60, interval=0.3)
+    statuses = dict(
+        cluster.sql("SELECT customer, status FROM catalog_order WHERE customer LIKE 'lab customer %%'")
+    )
+    assert statuses == {f"lab customer {i}": "accepted" if i % 2 else "rejected" for i in range(6)}
+    # the workflow host called the web host's webhook, across the lab network
+    wait_until(lambda: cluster.sql("SELECT count(*) FROM catalog_webhookdelivery")[0][0] == 6, timeout=30)
+
+    status, task = cluster.api("POST", "/api/export/catalog.Product", {"filters": {"q": "LAB-"}})
+    assert status == 202, task
+    task = finished_task(cluster, task["id"])
+    assert (task["status"], task["node"]) == ("succeeded", "tasks")
+    status, content = cluster.api("GET", task["links"]["download"])
+    assert status == 200
+    exported = list(csv.reader(io.StringIO(content.decode("utf-8-sig"))))
+    assert sorted(r[0] for r in exported[1:]) == [f"LAB-{i}" for i in range(6)]
+
+    page = cluster_page(cluster)
+    for host in ("web", "wf", "tasks"):
+        assert f"<td>{host}</td>" in page
+    assert "uncovered" not in page.lower()
+
+
+# -- 2 ------------------------------------------------------------------------------------------
+def test_a_partitioned_workflow_host_s_execution_is_recovered_elsewhere_once(cluster, hook, workflows):
+    handler = hook
+    handler.hold = 1  # the first call (from wf) never gets its answer back to wf
+    key = workflows["call"]
+    wf = cluster.lab.hosts["wf"]
+    first = trigger(cluster, key, {"n": 1})
+    wait_until(lambda: handler.calls, timeout=30)
+    assert handler.calls == [wf.ip] and execution(cluster, first)[:2] == ("running", "wf")
+
+    cluster.start_node("wf2", "workflow:process")
+    wf.cut()  # mid-call: wf can reach neither the database, nor Redis, nor the webhook
+    try:
+        wait_until(lambda: execution(cluster, first)[0] == "resolved", timeout=60, interval=0.3)
+        assert execution(cluster, first) == ("resolved", "wf2", 2), logs(cluster, "wf2")
+        assert handler.calls == [wf.ip, cluster.lab.hosts["wf2"].ip]  # HTTP is at-least-once
+        # cut off past the liveness window: its presence lapsed (30 s after its last heartbeat),
+        # and the Cluster page no longer lists it
+        wait_until(lambda: "<td>wf</td>" not in cluster_page(cluster), timeout=45, interval=1)
+    finally:
+        handler.release.set()  # the held call answers into the void ...
+        wf.reconnect()  # ... and wf comes back
+    wait_until(lambda: "<td>wf</td>" in cluster_page(cluster), timeout=30, interval=1)
+    node_log = wf.processes["node"].text()
+    wait_until(lambda: "taken over" in wf.processes["node"].text(), timeout=60, interval=0.5)
+    assert orders_for(cluster, first) == 1, node_log  # the returning host applied nothing
+
+    # the returning host works again: with wf2 stopped, the next execution runs on wf
+    cluster.lab.hosts["wf2"].stop("node")
+    second = trigger(cluster, key, {"n": 2})
+    wait_until(lambda: execution(cluster, second)[0] == "resolved", timeout=60, interval=0.3)
+    assert execution(cluster, second) == ("resolved", "wf", 1), logs(cluster, "wf")
+    assert orders_for(cluster, second) == 1
+
+
+# -- 3 ------------------------------------------------------------------------------------------
+def test_stopping_the_second_redis_stops_only_its_service_and_loses_nothing(cluster, workflows):
+    redis_b = cluster.redis["redis-b"]
+    status, before = cluster.upload("/api/import/catalog.Product", "b.csv", product_rows("RB0", 3))
+    assert status == 202 and finished_task(cluster, before["id"])["status"] == "succeeded"
+
+    redis_b.stop()
+    try:
+        # the import/export service waits: its task is accepted and stays queued ...
+        status, waiting = cluster.upload("/api/import/catalog.Product", "w.csv", product_rows("RB1", 4))
+        assert status == 202, waiting
+        # ... while workflows (redis-a) and requests go on
+        execution_id = trigger(cluster, workflows["calc"], {"n": 1})
+        wait_until(lambda: execution(cluster, execution_id)[0] == "resolved", timeout=30)
+        assert orders_for(cluster, execution_id) == 1
+        assert cluster.api("GET", "/api/tasks")[0] == 200
+        time.sleep(5)  # several requeue intervals: nothing can run it
+        status, task = cluster.api("GET", f"/api/tasks/{waiting['id']}")
+        assert task["status"] == "queued", task
+    finally:
+        redis_b.start()  # back, empty: the message of the queued task is gone
+    task = finished_task(cluster, waiting["id"])
+    assert (task["status"], task["node"], task["summary"]["created"]) == ("succeeded", "tasks", 4), logs(
+        cluster, "tasks"
+    )
+    # the tasks host did not give up while its Redis was away
+    assert cluster.lab.hosts["tasks"].processes["node"].popen.poll() is None
+
+
+# -- 4 ------------------------------------------------------------------------------------------
+def test_the_database_host_restarted_during_work(cluster, workflows):
+    status, task = cluster.upload("/api/import/catalog.Product", "big.csv", product_rows("DB", 20000))
+    assert status == 202, task
+    executions = [trigger(cluster, workflows["calc"], {"n": n}) for n in range(20)]
+
+    def importing():
+        return cluster.sql("SELECT done FROM async_tasks_asynctask WHERE id = %s", task["id"])[0][0] > 0
+
+    wait_until(importing, timeout=60, interval=0.2)
+    cluster.db.reboot()  # every process of the db host killed at once, then PostgreSQL starts again
+    task = finished_task(cluster, task["id"], timeout=120)
+    assert task["status"] == "succeeded", (task, logs(cluster, "tasks"))
+    assert cluster.sql("SELECT count(*) FROM catalog_product WHERE sku LIKE 'DB-%%'")[0][0] == 20000
+
+    def all_resolved():
+        rows = cluster.sql("SELECT status FROM workflows_execution WHERE id = ANY(%s)", executions)
+        return {status for (status,) in rows} == {"resolved"}
+
+    wait_until(all_resolved, timeout=90, interval=0.5)
+    assert [orders_for(cluster, pk) for pk in executions] == [1] * len(executions)  # effects once
+    for host in ("web", "wf", "tasks"):  # every node outlived its database's restart
+        assert cluster.lab.hosts[host].processes["node"].popen.poll() is None, logs(cluster, host)
+    assert cluster.api("GET", "/readyz")[1]["checks"]["database"] == "ok"
