@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run stop test lint format bench bench-workflows bench-import-export bench-isolation cluster clean
+.PHONY: install run stop test lint format bench bench-workflows bench-import-export bench-isolation bench-lab cluster lab clean
 
 install: $(STAMP)
 
@@ -38,6 +38,7 @@ stop:
 test: install
 	scripts/ensure_redis.sh install
 	scripts/ensure_browser.sh
+	scripts/ensure_lab.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -66,6 +67,18 @@ bench-isolation: install
 cluster: install
 	scripts/ensure_redis.sh start "$(REDIS_URL)"
 	$(PY) scripts/cluster.py
+
+# The cluster as hosts on this machine (network namespaces; needs root) until Ctrl-C: README "The lab".
+# LAB_ARGS: e.g. --cpus wf=0.5,tasks=0.5 --for 600
+lab: install
+	scripts/ensure_lab.sh
+	$(PY) -m lab $(LAB_ARGS)
+
+# Scale-out, per-job costs and isolation on lab hosts (needs root; installs wrk): docs/BENCHMARKS.md.
+bench-lab: install
+	scripts/ensure_lab.sh
+	command -v wrk >/dev/null || (. scripts/apt.sh && apt_install wrk)
+	$(PY) bench/lab.py $(BENCH_ARGS)
 
 # Needs PostgreSQL at DATABASE_URL; installs the 'bench' extra (django-import-export) for the comparison.
 bench-import-export: install

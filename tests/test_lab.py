@@ -157,6 +157,58 @@ def cluster_page(cluster: Cluster) -> str:
     return cluster.admin_page("/admin/worker_mode/cluster/")
 
 
+# -- the lab itself ------------------------------------------------------------------------------
+def test_hosts_have_their_own_address_name_cpu_budget_and_faults(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with lab.Lab(tmp_path / "small") as small:
+        a = small.add_host("a", cpus=0.2)
+        b = small.add_host("b")
+        assert (a.ip, b.ip) == (f"{small.subnet}.2", f"{small.subnet}.3")
+        a.spawn("name", ["hostname"]).popen.wait(10)
+        assert a.processes["name"].text().strip() == "a"
+        server = b.spawn("http", [sys.executable, "-m", "http.server", "--bind", b.ip, "8080"])
+        lab.wait_port(b.ip, 8080, alive=lambda: server.popen.poll() is None)
+        # from host a, across the bridge
+        fetch = (
+            f"import urllib.request; print(urllib.request.urlopen('http://{b.ip}:8080/', timeout=5).status)"
+        )
+        assert a.run([sys.executable, "-c", fetch]).strip() == "200"
+
+        def reachable() -> bool:
+            with socket.socket() as sock:
+                sock.settimeout(1)
+                return sock.connect_ex((b.ip, 8080)) == 0
+
+        b.cut()
+        assert not reachable()
+        assert server.popen.poll() is None  # cut off, not stopped
+        b.reconnect()
+        wait_until(reachable, timeout=10)
+
+        a.spawn(
+            "busy",
+            [sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"],
+        )
+        a.processes["busy"].popen.wait(30)
+        assert a.cgroup.throttled_seconds() > 0 and a.cgroup.cpu_seconds() > 0  # the quota held it back
+
+        b.spawn("tree", ["sh", "-c", "sleep 300 & sleep 300 & wait"])
+        wait_until(lambda: len(b.pids()) >= 4, timeout=10)  # http.server, sh and two sleeps
+        lost = b.lose()
+        assert len(lost) >= 4 and b.pids() == []
+        names = (small.name, a.netns, b.netns)
+    assert not any(name in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+                   for name in names[:1])  # fmt: skip
+    assert not set(names[1:]) & set(
+        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    )
+    assert not any(directory.exists() for directory in [*a.cgroup.dirs, *b.cgroup.dirs])
+    assert not (lab.RUN_DIR / small.subnet).exists()
+
+
 # -- 1 ------------------------------------------------------------------------------------------
 def test_the_three_node_example_across_hosts(cluster):
     assert cluster.api("GET", "/api/tasks", host="wf")[0] == 503  # worker hosts answer no requests
