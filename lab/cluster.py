@@ -203,17 +203,25 @@ class Cluster:
         )
 
     def start_node(
-        self, host_name: str, worker_mode: str, *args: str, cpus: float | None = None, **extra: str
-    ):
-        """``runnode`` on the host ``host_name`` (made on first use), serving ``worker_mode``."""
+        self, host_name: str, worker_mode: str, *args: str, cpus: float | None = None, wait: bool = True,
+        **extra: str,
+    ) -> Host:  # fmt: skip
+        """``runnode`` on the host ``host_name`` (made on first use), serving ``worker_mode``; with
+        ``wait``, returns once its gunicorn answers (see :meth:`wait_node`)."""
         host = self.lab.hosts.get(host_name) or self.lab.add_host(
             host_name, cpus=cpus or self.cpus.get(host_name)
         )
         argv = [sys.executable, str(ROOT / "manage.py"), "runnode", "--bind", f"{host.ip}:{PORT}", *args]
-        process = host.spawn("node", argv, env={**self.env(host, **extra), "WORKER_MODE": worker_mode})
+        host.spawn("node", argv, env={**self.env(host, **extra), "WORKER_MODE": worker_mode})
         self.nodes[host_name] = worker_mode
-        wait_port(host.ip, PORT, timeout=60, alive=lambda: process.popen.poll() is None)
+        if wait:
+            self.wait_node(host_name)
         return host
+
+    def wait_node(self, host_name: str, timeout: float = 60) -> None:
+        host = self.lab.hosts[host_name]
+        process = host.processes["node"]
+        wait_port(host.ip, PORT, timeout=timeout, alive=lambda: process.popen.poll() is None)
 
     def url(self, host_name: str = "web") -> str:
         return f"http://{self.lab.hosts[host_name].ip}:{PORT}"
@@ -271,7 +279,8 @@ class Cluster:
     def sql(self, query: str, *params: Any) -> list[tuple]:
         """Rows of ``query`` on the db host, read over the lab network."""
         with psycopg.connect(self.db.url, connect_timeout=5) as conn:
-            return conn.execute(query, params).fetchall()
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
 
     def map(self) -> str:
         roles = {"db": "PostgreSQL", "redis-a": "Redis: presence, every other queue"}
