@@ -572,3 +572,72 @@ def test_a_sweeper_notes_when_it_cannot_reach_the_database(settings, monkeypatch
     monkeypatch.undo()
     connection.close()
     assert claims.database_answers()
+
+
+def commit_then_lose_the_reply(monkeypatch):
+    """The next COMMIT reaches the server and commits, but its answer never comes back: the client
+    sees its connection lost, as when the network fails at that instant."""
+    from django.db import OperationalError, connections
+
+    wrapper = type(connections["default"])
+    real = wrapper._commit
+    state = {"done": False}
+
+    def commit(self):
+        real(self)
+        if not state["done"]:
+            state["done"] = True
+            self.connection.close()
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(wrapper, "_commit", commit)
+    return state
+
+
+@ON_POSTGRES
+@pytest.mark.parametrize("label", ["catalog.Product", "catalog.Order"])
+def test_an_import_batch_whose_commit_answer_is_lost_is_not_written_twice(task_storage, monkeypatch, label):
+    """The COMMIT of a batch reached the server, its answer did not: the batch is not written again
+    (Order has no identifier: its rows would be doubled; Product's would be reported as existing)."""
+    from async_tasks.importer import Importer
+    from async_tasks.spec import get_spec
+    from catalog.models import Order, Product
+
+    fences = []
+    if label == "catalog.Product":
+        rows = [(n + 2, [f"S-{n}", f"Product {n}", "1.00", "1", "true", "2024-01-01"]) for n in range(30)]
+        header, model = ["sku", "name", "price", "quantity", "active", "created"], Product
+    else:
+        product = Product.objects.create(sku="P-1", name="Mug", price=1, quantity=1)
+        rows = [(n + 2, [str(product.pk), "1", f"customer {n}", "pending"]) for n in range(30)]
+        header, model = ["product", "quantity", "customer", "status"], Order
+    importer = Importer(get_spec(label), header, batch_size=20, fence=lambda s: fences.append(s.as_dict()))
+    lost = commit_then_lose_the_reply(monkeypatch)
+    summary = importer.run(iter(rows))
+    assert lost["done"]
+    assert (summary.created, summary.failed, summary.skipped) == (30, 0, 0)
+    assert (model.objects.count(), importer.errors.count) == (30, 0)
+    assert fences[-1] == summary.as_dict()
+
+
+@ON_POSTGRES
+def test_whether_a_lost_transaction_committed_is_asked_of_the_database():
+    import psycopg
+    from django.db import OperationalError, connection, transaction
+
+    from catalog.models import Product
+
+    with transaction.atomic():
+        Product.objects.create(sku="P-1", name="Mug", price=1, quantity=1)
+        kept = claims.transaction_id()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Product.objects.create(sku="P-2", name="Mug", price=1, quantity=1)
+        undone = claims.transaction_id()
+        raise RuntimeError("rolled back")
+    assert claims.transaction_id() is None  # no transaction: nothing to ask about later
+    assert claims.transaction_committed(kept) and not claims.transaction_committed(undone)
+    params = connection.get_connection_params()
+    with psycopg.connect(**params) as other:  # a session the server still runs, its client gone
+        running = other.execute("SELECT txid_current()").fetchone()[0]
+        with pytest.raises(OperationalError, match="still in progress"):
+            claims.transaction_committed(running, timeout=0)
