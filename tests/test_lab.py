@@ -209,6 +209,85 @@ def test_hosts_have_their_own_address_name_cpu_budget_and_faults(tmp_path):
     assert not (lab.RUN_DIR / small.subnet).exists()
 
 
+def _leftovers(name: str) -> list[str]:
+    import subprocess
+
+    found = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+             if n.startswith(f"{name}-")]  # fmt: skip
+    if subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0:
+        found.append(name)
+    found += [str(p) for p in lab.CGROUP_ROOT.glob(f"*/{name}")] + [
+        str(p) for p in lab.CGROUP_ROOT.glob(name)
+    ]
+    return found
+
+
+def test_a_lab_whose_process_died_is_swept_entirely(tmp_path):
+    """Its maker killed (a zombie its parent has not reaped yet), a process of a host's cgroup that
+    had not entered the namespace yet, a PostgreSQL directory: sweep_stale removes all of it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    maker = (
+        "import sys, time\nfrom pathlib import Path\nimport lab\n"
+        f"the_lab = lab.Lab(Path({str(tmp_path / 'dead')!r}))\n"
+        "for name in ('a', 'b'):\n"
+        "    the_lab.add_host(name, cpus=0.2).spawn('tree', ['sh', '-c', 'sleep 300 & sleep 300 & wait'])\n"
+        "print(the_lab.name, flush=True)\ntime.sleep(300)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", maker], stdout=subprocess.PIPE, text=True,
+                             cwd=str(Path(lab.__file__).parent.parent))  # fmt: skip
+    name = child.stdout.readline().strip()
+    pg = Path(tempfile.mkdtemp(prefix=f"{name}-pg-"))
+    stray = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        for hierarchy in ("cpu", "cpuacct"):
+            (lab.CGROUP_ROOT / hierarchy / name / "host-a" / "cgroup.procs").write_text(str(stray.pid))
+        os.kill(child.pid, signal.SIGKILL)
+        wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] == "Z", timeout=10)
+        assert name in lab.sweep_stale()  # its maker is a zombie: gone, not running
+        stray.wait(10)  # killed: it was the lab's
+        assert _leftovers(name) == [] and not pg.exists()
+        assert not [c for c in lab.RUN_DIR.iterdir() if c.read_text().startswith(f"{name} ")]
+    finally:
+        child.wait(10)
+        stray.kill()
+        stray.wait(10)
+        lab.sweep_stale()
+
+
+def test_a_claim_that_is_not_a_lab_s_stops_no_sweep():
+    import os
+    import time
+
+    junk = lab.RUN_DIR / "10.213.250"
+    lab.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    junk.write_text("")  # a lab killed between creating its claim and writing it
+    try:
+        assert lab.sweep_stale() == [] and junk.exists()  # just written: perhaps a lab writing it
+        os.utime(junk, (time.time() - 120, time.time() - 120))
+        assert lab.sweep_stale() == [] and not junk.exists()
+    finally:
+        junk.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("name", ["", "x/y", "../../../../evil", "bad name", "-rf", "Web", "h" * 40])
+def test_a_host_name_that_is_no_host_name_is_refused_before_anything_is_made(tmp_path, name):
+    with lab.Lab(tmp_path / "names") as small:
+        with pytest.raises(ValueError, match="is not a lab host name"):
+            small.add_host(name)
+        small.add_host("a")
+        with pytest.raises(ValueError, match="has a host named 'a' already"):
+            small.add_host("a")
+        assert list(small.hosts) == ["a"]
+    assert _leftovers(small.name) == []
+    assert not (lab.CGROUP_ROOT / "cpu" / "evil").exists()
+
+
 # -- 1 ------------------------------------------------------------------------------------------
 def test_the_three_node_example_across_hosts(cluster):
     assert cluster.api("GET", "/api/tasks", host="wf")[0] == 503  # worker hosts answer no requests
