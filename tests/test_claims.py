@@ -26,6 +26,14 @@ from workflows.models import Execution
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_conn")]
 
+
+@pytest.fixture(autouse=True)
+def no_outage_noted(monkeypatch):
+    """What a test notes of database outages (claims._unreachable_at) stays in it: a sweep of a later
+    test would leave lapsed leases alone for a lease."""
+    monkeypatch.setattr(claims, "_unreachable_at", -claims.math.inf)
+
+
 CALC = [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}}]
 
 
@@ -641,3 +649,40 @@ def test_whether_a_lost_transaction_committed_is_asked_of_the_database():
         running = other.execute("SELECT txid_current()").fetchone()[0]
         with pytest.raises(OperationalError, match="still in progress"):
             claims.transaction_committed(running, timeout=0)
+
+
+def test_a_sweeper_whose_database_answered_only_after_a_partition_leaves_lapsed_leases_alone(
+    settings, monkeypatch
+):
+    """Cut off, a probe on an open connection does not fail: it waits until the network is back,
+    then answers. The owners could not renew meanwhile either: that counts as unreachable."""
+    import time
+
+    from django.db import connection
+
+    settings.WORKER_MODE_LEASE = 0.6  # renewed every 0.2 s
+    monkeypatch.setattr(claims, "_unreachable_at", -claims.math.inf)
+    assert claims.database_answers() and not claims.recently_unreachable()  # a quick answer
+    usable = connection.is_usable
+    monkeypatch.setattr(connection, "is_usable", lambda: time.sleep(0.3) or usable())
+    assert claims.database_answers()  # it answered, after longer than a renewal
+    assert claims.recently_unreachable()
+    time.sleep(0.6)
+    assert not claims.recently_unreachable()
+
+
+def test_just_after_a_database_outage_a_lapsed_presence_and_a_stopped_heartbeat_prove_nothing():
+    now = timezone.now()
+    stale = row(node_name="node-a", lease_expires_at=now - datetime.timedelta(seconds=60),
+                heartbeat_at=now - datetime.timedelta(seconds=90))  # fmt: skip
+    assert claims.why_abandoned(stale, now, lambda: set()).startswith("its lease lapsed")
+    # the sweeper's node was cut off with node-a: node-a's presence lapsed, as its lease did
+    assert claims.why_abandoned(stale, now, lambda: set(), trust_leases=False) is None
+    gone = row(node_name=conf_node_name(), pid=dead_pid(), lease_expires_at=now, heartbeat_at=now)
+    assert claims.why_abandoned(gone, now, lambda: set(), trust_leases=False).startswith("its process")
+
+
+def conf_node_name() -> str:
+    from worker_mode.conf import conf
+
+    return conf.WORKER_MODE_NODE_NAME

@@ -540,19 +540,25 @@ def _first_line(exc: BaseException) -> str:
 
 
 def database_answers(using: str = DEFAULT_DB_ALIAS) -> bool:
-    """One ``SELECT 1`` on a working connection (a broken one is replaced); notes a failure."""
+    """One ``SELECT 1`` on a working connection (a broken one is replaced); notes a failure, and
+    an answer that took longer than a renewal interval: a partition does not fail a statement on an
+    open connection, it holds it until the network is back, and owners could not renew meanwhile."""
     global _unreachable_at
     connection = connections[using]
+    began = time.monotonic()
     try:
         if connection.connection is not None and not connection.is_usable():
             connection.close()
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        return True
     except DatabaseError:
         _unreachable_at = time.monotonic()
         connection.close()
         return False
+    answered = time.monotonic()
+    if answered - began > renew_interval():
+        _unreachable_at = answered
+    return True
 
 
 def wait_for_database(using: str = DEFAULT_DB_ALIAS, timeout: float | None = None) -> bool:
@@ -764,7 +770,9 @@ def why_abandoned(
 
     ``nodes()`` gives the names of the nodes with presence (``live_nodes``); it is
     called only when the lease and the process id leave the question open. Without
-    ``trust_leases`` (the database was just unreachable) a lapsed lease proves nothing.
+    ``trust_leases`` (the database was just unreachable) a lapsed lease proves nothing, nor
+    does a heartbeat that stopped: owners could not write either (a presence that lapsed
+    meanwhile is the same partition's, and comes back before their next renewal).
     """
     lease = row["lease_expires_at"]
     if trust_leases and (lease is None or lease <= now):
@@ -773,7 +781,7 @@ def why_abandoned(
     if same_node and row["pid"] and not _pid_alive(row["pid"]):
         return f"its process (pid {row['pid']}) on this node is gone"
     heartbeat = row["heartbeat_at"] or row["started_at"]
-    if heartbeat is not None and (now - heartbeat).total_seconds() > 2 * renew_interval():
+    if trust_leases and heartbeat is not None and (now - heartbeat).total_seconds() > 2 * renew_interval():
         live = nodes()
         if live is not None and row["node_name"] not in live:
             return (
