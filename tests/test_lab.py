@@ -288,6 +288,31 @@ def test_a_host_name_that_is_no_host_name_is_refused_before_anything_is_made(tmp
     assert not (lab.CGROUP_ROOT / "cpu" / "evil").exists()
 
 
+def test_python_m_lab_stops_at_once_when_signalled_during_its_startup(tmp_path):
+    """SIGTERM (or a Ctrl-C sent to it alone) while the cluster starts: no waiting for the startup to
+    end (and printing a password for a lab about to go), the lab is removed."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(lab.__file__).parent.parent
+    run = subprocess.Popen([sys.executable, "-m", "lab", "--directory", str(tmp_path / "main")], cwd=root,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert run.stdout.readline().startswith("Starting the lab")
+        claims = [c for c in lab.RUN_DIR.iterdir() if c.read_text().split()[1:2] == [str(run.pid)]]
+        name = claims[0].read_text().split()[0]
+        run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=30)[0]
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 130, output
+    assert "Open http" not in output and "Stopped during its startup" in output
+    assert _leftovers(name) == [] and not claims[0].exists()
+
+
 # -- 1 ------------------------------------------------------------------------------------------
 def test_the_three_node_example_across_hosts(cluster):
     assert cluster.api("GET", "/api/tasks", host="wf")[0] == 503  # worker hosts answer no requests
