@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Every lab's names start with this: namespaces ``nclab<id>-<host>``, bridge ``nclab<id>``,
-#: links ``ncl<id><n>``, cgroups ``nclab<id>/host-<host>``.
+#: cgroups ``nclab<id>/host-<host>``; its links are ``ncv<id><n>``.
 PREFIX = "nclab"
 #: Labs take a /24 out of this /16 (10.213.1.0/24, 10.213.2.0/24, ...), one not in use.
 NETWORK = "10.213"
@@ -276,11 +276,9 @@ class Lab:
             raise RuntimeError(f"The lab cannot run here: {reason}.")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.id = secrets.token_hex(2)
-        self.name = f"{PREFIX}{self.id}"
         self.hosts: dict[str, Host] = {}
         self._on_close: list[Callable[[], object]] = []
-        self.subnet = self._take_subnet()
+        self.subnet = self._take_subnet()  # and the lab's id and name, unique on this machine
         self.gateway = f"{self.subnet}.1"
         try:
             _run("ip", "link", "add", self.name, "type", "bridge")
@@ -291,17 +289,25 @@ class Lab:
             raise
 
     def _take_subnet(self) -> str:
-        """A /24 of NETWORK that no interface of this machine and no other lab holds."""
+        """A /24 of NETWORK that no interface of this machine and no other lab holds, and the lab's
+        id: the subnet's number first (no two live labs share it: their claims are exclusive), then
+        a random byte that no leftover namespace or link of this machine has."""
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         in_use = _run("ip", "-4", "-o", "addr", "show").stdout
+        names = _run("ip", "-o", "link", "show").stdout + _run("ip", "netns", "list", check=False).stdout
         for third in range(1, 255):
             subnet = f"{NETWORK}.{third}"
             if f" {subnet}." in in_use:
                 continue
             try:
-                fd = os.open(RUN_DIR / subnet, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(RUN_DIR / subnet, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 continue
+            for low in secrets.SystemRandom().sample(range(256), 256):
+                self.id = f"{third:02x}{low:02x}"
+                self.name = f"{PREFIX}{self.id}"
+                if self.name not in names:
+                    break
             os.write(fd, f"{self.name} {os.getpid()} {_started(os.getpid())}".encode())
             os.close(fd)
             self._claim = RUN_DIR / subnet
@@ -320,7 +326,8 @@ class Lab:
         index = len(self.hosts) + 2
         if index > 254:
             raise RuntimeError("a lab holds at most 253 hosts")
-        netns, link = f"{self.name}-{name}", f"ncl{self.id}{index}"
+        # not "ncl<id>...": host 34 of lab ab12 would be "nclab1234", the bridge of lab 1234
+        netns, link = f"{self.name}-{name}", f"ncv{self.id}{index}"
         ip = f"{self.subnet}.{index}"
         cgroup = Cgroup(f"{self.name}/host-{name}", cpus)  # not "tasks": a file of every v1 cgroup
         host = self.hosts[name] = Host(self, name, ip, netns, link, cgroup)

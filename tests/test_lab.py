@@ -313,6 +313,28 @@ def test_python_m_lab_stops_at_once_when_signalled_during_its_startup(tmp_path):
     assert _leftovers(name) == [] and not claims[0].exists()
 
 
+def test_two_labs_at_once_share_no_name(tmp_path, monkeypatch):
+    """Labs made at the same time (the same random draw included) take subnets and names of their
+    own; closing one leaves the other whole. Links are named apart from bridges."""
+    import random
+    import subprocess
+
+    monkeypatch.setattr(random.Random, "sample", lambda self, population, k: list(population)[:k])
+    monkeypatch.setattr(lab.secrets, "token_hex", lambda n: "ab" * n)
+    with lab.Lab(tmp_path / "one") as one, lab.Lab(tmp_path / "two") as two:
+        assert one.subnet != two.subnet and one.name != two.name
+        a = one.add_host("a")
+        for index in range(2, 40):
+            assert not f"ncv{one.id}{index}".startswith(lab.PREFIX)
+        two.add_host("a").spawn("s", ["sleep", "60"])
+        two_pids = wait_until(lambda: two.hosts["a"].pids(), timeout=10)
+        one.close()
+        assert two_pids and two.hosts["a"].pids() == two_pids
+        assert subprocess.run(["ip", "link", "show", two.name], capture_output=True).returncode == 0
+        assert a.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert _leftovers(one.name) == _leftovers(two.name) == []
+
+
 # -- 1 ------------------------------------------------------------------------------------------
 def test_the_three_node_example_across_hosts(cluster):
     assert cluster.api("GET", "/api/tasks", host="wf")[0] == 503  # worker hosts answer no requests
