@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, models, transaction
 from django.db.models.signals import post_save
 
-from worker_mode.claims import retry_after_database_loss
+from worker_mode.claims import retry_after_database_loss, transaction_committed, transaction_id
 
 from .exceptions import FileRejected
 from .formats import MAX_CELL, RowProblem, _shown
@@ -264,6 +264,8 @@ class Importer:
         self.errors = ErrorReport(self.header)
         self._batch: list[_Row] = []
         self._keys: set[Any] = set()
+        # The transaction id and outcome of the batch being committed (see _lost_batch).
+        self._committing: tuple[int | None, _Outcome] | None = None
 
     def run(self, rows: Iterable[tuple[int, list[Any]]]) -> Summary:
         try:
@@ -327,22 +329,27 @@ class Importer:
 
     def flush(self) -> None:
         batch, self._batch, self._keys = self._batch, [], set()
-        # A batch whose database connection is lost is written again once the database answers
-        # (nothing of it committed); its counts and errors apply once it commits.
+        # A batch whose database connection is lost is written again once the database answers,
+        # unless its COMMIT reached the server (only the answer was lost): its counts and errors
+        # apply once, when it has committed.
         if batch:
-            self._record(retry_after_database_loss(lambda: self._write_batch(batch)))
+            self._record(
+                retry_after_database_loss(lambda: self._write_batch(batch), committed=self._lost_batch)
+            )
         elif self.fence is not None:
             retry_after_database_loss(lambda: self.fence(self.summary))
         if self.progress is not None:
             self.progress(self.summary)
 
     def _write_batch(self, batch: list[_Row]) -> _Outcome:
+        self._committing = None
         batch, refused = self._check_foreign_keys(batch)
         try:
             with transaction.atomic():
                 outcome = self._write(batch)
                 outcome.errors[:0] = refused
                 self._fence(outcome)
+                self._committing = (transaction_id(), outcome)
         except (IntegrityError, DataError, RowRefused):
             # Another unique field, a record written meanwhile, a value the database refuses
             # (out of range, too long for its column), a row a receiver of its save refused
@@ -351,7 +358,13 @@ class Importer:
                 outcome = self._write_one_by_one(batch)
                 outcome.errors[:0] = refused
                 self._fence(outcome)
+                self._committing = (transaction_id(), outcome)
         return outcome
+
+    def _lost_batch(self) -> _Outcome | None:
+        """After a lost connection: the batch's outcome if its transaction committed all the same."""
+        txid, outcome = self._committing or (None, None)
+        return outcome if txid is not None and transaction_committed(txid) else None
 
     def _fence(self, outcome: _Outcome) -> None:
         if self.fence is not None:

@@ -23,19 +23,22 @@ killed before it could close left behind.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Every lab's names start with this: namespaces ``nclab<id>-<host>``, bridge ``nclab<id>``,
-#: links ``ncl<id><n>``, cgroups ``nclab<id>/host-<host>``.
+#: cgroups ``nclab<id>/host-<host>``; its links are ``ncv<id><n>``.
 PREFIX = "nclab"
 #: Labs take a /24 out of this /16 (10.213.1.0/24, 10.213.2.0/24, ...), one not in use.
 NETWORK = "10.213"
@@ -43,6 +46,12 @@ NETWORK = "10.213"
 RUN_DIR = Path("/run/nclab")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+#: A host's name: a host name label (it is the host's host name), short enough for its namespace.
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
+_LAB_NAME = re.compile(rf"{PREFIX}[0-9a-f]{{4}}")
+
+logger = logging.getLogger(__name__)
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -267,11 +276,9 @@ class Lab:
             raise RuntimeError(f"The lab cannot run here: {reason}.")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.id = secrets.token_hex(2)
-        self.name = f"{PREFIX}{self.id}"
         self.hosts: dict[str, Host] = {}
         self._on_close: list[Callable[[], object]] = []
-        self.subnet = self._take_subnet()
+        self.subnet = self._take_subnet()  # and the lab's id and name, unique on this machine
         self.gateway = f"{self.subnet}.1"
         try:
             _run("ip", "link", "add", self.name, "type", "bridge")
@@ -282,18 +289,26 @@ class Lab:
             raise
 
     def _take_subnet(self) -> str:
-        """A /24 of NETWORK that no interface of this machine and no other lab holds."""
+        """A /24 of NETWORK that no interface of this machine and no other lab holds, and the lab's
+        id: the subnet's number first (no two live labs share it: their claims are exclusive), then
+        a random byte that no leftover namespace or link of this machine has."""
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         in_use = _run("ip", "-4", "-o", "addr", "show").stdout
+        names = _run("ip", "-o", "link", "show").stdout + _run("ip", "netns", "list", check=False).stdout
         for third in range(1, 255):
             subnet = f"{NETWORK}.{third}"
             if f" {subnet}." in in_use:
                 continue
             try:
-                fd = os.open(RUN_DIR / subnet, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(RUN_DIR / subnet, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 continue
-            os.write(fd, f"{self.name} {os.getpid()}".encode())
+            for low in secrets.SystemRandom().sample(range(256), 256):
+                self.id = f"{third:02x}{low:02x}"
+                self.name = f"{PREFIX}{self.id}"
+                if self.name not in names:
+                    break
+            os.write(fd, f"{self.name} {os.getpid()} {_started(os.getpid())}".encode())
             os.close(fd)
             self._claim = RUN_DIR / subnet
             return subnet
@@ -301,10 +316,18 @@ class Lab:
 
     def add_host(self, name: str, *, cpus: float | None = None) -> Host:
         """A new host ``name`` at the next address, capped at ``cpus`` CPUs (None: uncapped)."""
+        if not isinstance(name, str) or not HOST_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a lab host name: 1 to 32 of a-z, 0-9 and '-' (not first or last), "
+                "as a host name (it names the host's namespace and cgroup too)"
+            )
+        if name in self.hosts:
+            raise ValueError(f"the lab has a host named {name!r} already")
         index = len(self.hosts) + 2
         if index > 254:
             raise RuntimeError("a lab holds at most 253 hosts")
-        netns, link = f"{self.name}-{name}", f"ncl{self.id}{index}"
+        # not "ncl<id>...": host 34 of lab ab12 would be "nclab1234", the bridge of lab 1234
+        netns, link = f"{self.name}-{name}", f"ncv{self.id}{index}"
         ip = f"{self.subnet}.{index}"
         cgroup = Cgroup(f"{self.name}/host-{name}", cpus)  # not "tasks": a file of every v1 cgroup
         host = self.hosts[name] = Host(self, name, ip, netns, link, cgroup)
@@ -344,15 +367,11 @@ class Lab:
         while self._on_close:
             with contextlib.suppress(Exception):
                 self._on_close.pop()()
-        _run("ip", "link", "del", self.name, check=False)
-        with contextlib.suppress(OSError):
-            (CGROUP_ROOT / "cpu" / self.name).rmdir()
-        with contextlib.suppress(OSError):
-            (CGROUP_ROOT / "cpuacct" / self.name).rmdir()
-        with contextlib.suppress(OSError):
-            (CGROUP_ROOT / self.name).rmdir()
+        left = _teardown(self.name)
         claim = getattr(self, "_claim", None)
-        if claim is not None:
+        if left:  # the claim stays: sweep_stale tries again once this process is gone
+            logger.warning("Lab %s could not remove: %s", self.name, ", ".join(left))
+        elif claim is not None:
             with contextlib.suppress(OSError):
                 claim.unlink()
 
@@ -373,40 +392,103 @@ def _cpus_label(cgroup: Cgroup) -> str:
 
 def sweep_stale() -> list[str]:
     """Remove what labs whose process died without closing left: their processes, namespaces,
-    bridges, cgroups and subnet claims (a lab is stale when the process that made it is gone)."""
-    removed = []
+    bridges, cgroups, temporary directories and subnet claims (a lab is stale when the process
+    that made it is gone). A claim stays while anything of its lab could not be removed."""
+    removed: list[str] = []
     if not RUN_DIR.exists():
         return removed
-    netns = _run("ip", "netns", "list", check=False).stdout.split()
     for claim in RUN_DIR.iterdir():
-        name, _, owner = claim.read_text().partition(" ")
-        if owner.strip().isdigit() and _alive(int(owner)):
+        try:
+            name, pid, started = [*claim.read_text().split(), "", "", ""][:3]
+            age = time.time() - claim.stat().st_mtime
+        except OSError:
             continue
-        namespaces = [n for n in netns if n.startswith(f"{name}-")]
-        for n in namespaces:
-            for pid in _run("ip", "netns", "pids", n, check=False).stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-        for n in namespaces:
-            _run("ip", "netns", "del", n, check=False)
-        _run("ip", "link", "del", name, check=False)
-        for base in (CGROUP_ROOT / "cpu", CGROUP_ROOT / "cpuacct", CGROUP_ROOT):
-            for directory in sorted(base.glob(f"{name}/*")) + [base / name]:
+        if not _LAB_NAME.fullmatch(name) or not pid.isdigit():
+            if age > 60:  # not a lab's claim, or one whose lab died while writing it
                 with contextlib.suppress(OSError):
-                    directory.rmdir()
+                    claim.unlink()
+            continue
+        if _alive(int(pid), started or None):
+            continue
+        left = _teardown(name)
+        if left:
+            logger.warning("Stale lab %s: could not remove %s", name, ", ".join(left))
+            continue
         claim.unlink()
         removed.append(name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _cgroup_dirs(name: str) -> list[Path]:
+    """Lab ``name``'s cgroups on every hierarchy, deepest first."""
+    found: list[Path] = []
+    for base in (CGROUP_ROOT / "cpu", CGROUP_ROOT / "cpuacct", CGROUP_ROOT):
+        top = base / name
+        if top.is_dir():
+            found += sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            found.append(top)
+    return found
+
+
+def _lab_pids(name: str, namespaces: list[str]) -> set[int]:
+    """Every process of lab ``name``: in its namespaces or in its cgroups (a process may have
+    joined a cgroup and not yet entered its namespace, or run in a namespace outside the cgroup)."""
+    pids: set[int] = set()
+    for n in namespaces:
+        pids |= {int(p) for p in _run("ip", "netns", "pids", n, check=False).stdout.split() if p.isdigit()}
+    for directory in _cgroup_dirs(name):
+        with contextlib.suppress(OSError):
+            pids |= {int(p) for p in (directory / "cgroup.procs").read_text().split()}
+    return pids
+
+
+def _teardown(name: str, timeout: float = 10) -> list[str]:
+    """Kill every process of lab ``name`` and remove its namespaces, bridge, cgroups and temporary
+    directories; what is left (nothing, when all went)."""
+    namespaces = [
+        n for n in _run("ip", "netns", "list", check=False).stdout.split() if n.startswith(f"{name}-")
+    ]
+    deadline = time.monotonic() + timeout
+    while (pids := _lab_pids(name, namespaces)) and time.monotonic() < deadline:
+        for pid in pids:  # again until none is left: a process may fork while it is being killed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    for n in namespaces:
+        _run("ip", "netns", "del", n, check=False)
+    _run("ip", "link", "del", name, check=False)
+    for directory in _cgroup_dirs(name):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    for directory in Path(tempfile.gettempdir()).glob(f"{name}-*"):
+        shutil.rmtree(directory, ignore_errors=True)
+    left = [f"process {pid}" for pid in sorted(_lab_pids(name, []))]
+    left += [
+        f"namespace {n}"
+        for n in _run("ip", "netns", "list", check=False).stdout.split()
+        if n.startswith(f"{name}-")
+    ]
+    if _run("ip", "link", "show", name, check=False).returncode == 0:
+        left.append(f"bridge {name}")
+    left += [f"cgroup {d}" for d in _cgroup_dirs(name)]
+    return left
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), "" if it is gone or a zombie."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+def _alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` runs (not a zombie), and is the one that started at ``started``
+    (the pid of a dead lab may belong to another process by now)."""
+    now = _started(pid)
+    return bool(now) and (started is None or now == started)
 
 
 def wait_port(ip: str, port: int, timeout: float = 30, alive: Callable[[], bool] | None = None) -> None:

@@ -48,19 +48,36 @@ def main(argv: list[str] | None = None) -> int:
     for stale in sweep_stale():
         print(f"Removed what an earlier lab left behind: {stale}")
     directory = args.directory or Path(tempfile.mkdtemp(prefix="nclab-"))
-    stop = {"now": False}
+    stop = {"now": False, "starting": True}
 
     def on_signal(signum: int, frame: object) -> None:
         stop["now"] = True
+        if stop["starting"]:  # interrupt the startup (once: the teardown is not interrupted)
+            stop["starting"] = False
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        return _run(args, directory, stop)
+    except (KeyboardInterrupt, RuntimeError):
+        if not stop["now"]:
+            raise
+        # Ctrl-C reaches the programs the startup runs too: their failure is the interruption
+        print("Stopped during its startup: the lab is removed.", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, directory: Path, stop: dict[str, bool]) -> int:
     with Lab(directory) as lab:
         print(f"Starting the lab in {directory} ...", flush=True)
         cluster = Cluster(lab, cpus=args.cpus)
         cluster.start_node("web", "!")
         cluster.start_node("wf", "workflow:process")
         cluster.start_node("tasks", "async-task:process")
+        stop["starting"] = False
+        if stop["now"]:
+            raise KeyboardInterrupt
         print(cluster.map())
         print(
             f"""

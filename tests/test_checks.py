@@ -189,6 +189,15 @@ def test_every_default_has_a_typed_property_and_nothing_else(app):
         ({"async-task:proces": "redis://h:6379/0"}, "Did you mean 'async-task:process'"),
         ({"async-task:process": "http://h:6379/0"}, "is not a Redis URL"),
         ({"async-task:process": None}, "is not a Redis URL"),
+        ({"async-task:process": "redis://h:notaport/0"}, "Port could not be cast to integer"),
+        ({"async-task:process": "redis://h:99999/0"}, "Port out of range"),
+        (
+            {"async-task:process": "redis://h:6379/0?socket_timeout=soon"},
+            "Invalid value for 'socket_timeout'",
+        ),
+        ({"async-task:process": "rediss://"}, "it names no host"),
+        ({"async-task:process": "redis:///0"}, "it names no host"),
+        ({"async-task:process": "unix://"}, "it names no socket path"),
     ],
 )
 def test_e016_redis_urls(value, message):
@@ -196,6 +205,14 @@ def test_e016_redis_urls(value, message):
         errors = checks.check_queues()
     assert check_error_codes(errors) == ["worker_mode.E016"]
     assert message in errors[0].msg + errors[0].hint
+
+
+@pytest.mark.parametrize(
+    "url", ["rediss://redis-b:6380/0", "unix:///run/redis/redis.sock", "redis://:pw@h/1"]
+)
+def test_e016_takes_every_form_of_redis_url(url):
+    with override_settings(WORKER_MODE_REDIS_URLS={"async-task:process": url}):
+        assert checks.check_queues() == []
 
 
 def test_a_service_key_on_its_own_redis():

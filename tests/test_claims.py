@@ -26,6 +26,14 @@ from workflows.models import Execution
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_conn")]
 
+
+@pytest.fixture(autouse=True)
+def no_outage_noted(monkeypatch):
+    """What a test notes of database outages (claims._unreachable_at) stays in it: a sweep of a later
+    test would leave lapsed leases alone for a lease."""
+    monkeypatch.setattr(claims, "_unreachable_at", -claims.math.inf)
+
+
 CALC = [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.data.n }} * 2"}}]
 
 
@@ -572,3 +580,109 @@ def test_a_sweeper_notes_when_it_cannot_reach_the_database(settings, monkeypatch
     monkeypatch.undo()
     connection.close()
     assert claims.database_answers()
+
+
+def commit_then_lose_the_reply(monkeypatch):
+    """The next COMMIT reaches the server and commits, but its answer never comes back: the client
+    sees its connection lost, as when the network fails at that instant."""
+    from django.db import OperationalError, connections
+
+    wrapper = type(connections["default"])
+    real = wrapper._commit
+    state = {"done": False}
+
+    def commit(self):
+        real(self)
+        if not state["done"]:
+            state["done"] = True
+            self.connection.close()
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(wrapper, "_commit", commit)
+    return state
+
+
+@ON_POSTGRES
+@pytest.mark.parametrize("label", ["catalog.Product", "catalog.Order"])
+def test_an_import_batch_whose_commit_answer_is_lost_is_not_written_twice(task_storage, monkeypatch, label):
+    """The COMMIT of a batch reached the server, its answer did not: the batch is not written again
+    (Order has no identifier: its rows would be doubled; Product's would be reported as existing)."""
+    from async_tasks.importer import Importer
+    from async_tasks.spec import get_spec
+    from catalog.models import Order, Product
+
+    fences = []
+    if label == "catalog.Product":
+        rows = [(n + 2, [f"S-{n}", f"Product {n}", "1.00", "1", "true", "2024-01-01"]) for n in range(30)]
+        header, model = ["sku", "name", "price", "quantity", "active", "created"], Product
+    else:
+        product = Product.objects.create(sku="P-1", name="Mug", price=1, quantity=1)
+        rows = [(n + 2, [str(product.pk), "1", f"customer {n}", "pending"]) for n in range(30)]
+        header, model = ["product", "quantity", "customer", "status"], Order
+    importer = Importer(get_spec(label), header, batch_size=20, fence=lambda s: fences.append(s.as_dict()))
+    lost = commit_then_lose_the_reply(monkeypatch)
+    summary = importer.run(iter(rows))
+    assert lost["done"]
+    assert (summary.created, summary.failed, summary.skipped) == (30, 0, 0)
+    assert (model.objects.count(), importer.errors.count) == (30, 0)
+    assert fences[-1] == summary.as_dict()
+
+
+@ON_POSTGRES
+def test_whether_a_lost_transaction_committed_is_asked_of_the_database():
+    import psycopg
+    from django.db import OperationalError, connection, transaction
+
+    from catalog.models import Product
+
+    with transaction.atomic():
+        Product.objects.create(sku="P-1", name="Mug", price=1, quantity=1)
+        kept = claims.transaction_id()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Product.objects.create(sku="P-2", name="Mug", price=1, quantity=1)
+        undone = claims.transaction_id()
+        raise RuntimeError("rolled back")
+    assert claims.transaction_id() is None  # no transaction: nothing to ask about later
+    assert claims.transaction_committed(kept) and not claims.transaction_committed(undone)
+    params = connection.get_connection_params()
+    with psycopg.connect(**params) as other:  # a session the server still runs, its client gone
+        running = other.execute("SELECT txid_current()").fetchone()[0]
+        with pytest.raises(OperationalError, match="still in progress"):
+            claims.transaction_committed(running, timeout=0)
+
+
+def test_a_sweeper_whose_database_answered_only_after_a_partition_leaves_lapsed_leases_alone(
+    settings, monkeypatch
+):
+    """Cut off, a probe on an open connection does not fail: it waits until the network is back,
+    then answers. The owners could not renew meanwhile either: that counts as unreachable."""
+    import time
+
+    from django.db import connection
+
+    settings.WORKER_MODE_LEASE = 0.6  # renewed every 0.2 s
+    monkeypatch.setattr(claims, "_unreachable_at", -claims.math.inf)
+    assert claims.database_answers() and not claims.recently_unreachable()  # a quick answer
+    usable = connection.is_usable
+    monkeypatch.setattr(connection, "is_usable", lambda: time.sleep(0.3) or usable())
+    assert claims.database_answers()  # it answered, after longer than a renewal
+    assert claims.recently_unreachable()
+    time.sleep(0.6)
+    assert not claims.recently_unreachable()
+
+
+def test_just_after_a_database_outage_a_lapsed_presence_and_a_stopped_heartbeat_prove_nothing():
+    now = timezone.now()
+    stale = row(node_name="node-a", lease_expires_at=now - datetime.timedelta(seconds=60),
+                heartbeat_at=now - datetime.timedelta(seconds=90))  # fmt: skip
+    assert claims.why_abandoned(stale, now, lambda: set()).startswith("its lease lapsed")
+    # the sweeper's node was cut off with node-a: node-a's presence lapsed, as its lease did
+    assert claims.why_abandoned(stale, now, lambda: set(), trust_leases=False) is None
+    gone = row(node_name=conf_node_name(), pid=dead_pid(), lease_expires_at=now, heartbeat_at=now)
+    assert claims.why_abandoned(gone, now, lambda: set(), trust_leases=False).startswith("its process")
+
+
+def conf_node_name() -> str:
+    from worker_mode.conf import conf
+
+    return conf.WORKER_MODE_NODE_NAME

@@ -209,6 +209,132 @@ def test_hosts_have_their_own_address_name_cpu_budget_and_faults(tmp_path):
     assert not (lab.RUN_DIR / small.subnet).exists()
 
 
+def _leftovers(name: str) -> list[str]:
+    import subprocess
+
+    found = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+             if n.startswith(f"{name}-")]  # fmt: skip
+    if subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0:
+        found.append(name)
+    found += [str(p) for p in lab.CGROUP_ROOT.glob(f"*/{name}")] + [
+        str(p) for p in lab.CGROUP_ROOT.glob(name)
+    ]
+    return found
+
+
+def test_a_lab_whose_process_died_is_swept_entirely(tmp_path):
+    """Its maker killed (a zombie its parent has not reaped yet), a process of a host's cgroup that
+    had not entered the namespace yet, a PostgreSQL directory: sweep_stale removes all of it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    maker = (
+        "import sys, time\nfrom pathlib import Path\nimport lab\n"
+        f"the_lab = lab.Lab(Path({str(tmp_path / 'dead')!r}))\n"
+        "for name in ('a', 'b'):\n"
+        "    the_lab.add_host(name, cpus=0.2).spawn('tree', ['sh', '-c', 'sleep 300 & sleep 300 & wait'])\n"
+        "print(the_lab.name, flush=True)\ntime.sleep(300)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", maker], stdout=subprocess.PIPE, text=True,
+                             cwd=str(Path(lab.__file__).parent.parent))  # fmt: skip
+    name = child.stdout.readline().strip()
+    pg = Path(tempfile.mkdtemp(prefix=f"{name}-pg-"))
+    stray = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        for hierarchy in ("cpu", "cpuacct"):
+            (lab.CGROUP_ROOT / hierarchy / name / "host-a" / "cgroup.procs").write_text(str(stray.pid))
+        os.kill(child.pid, signal.SIGKILL)
+        wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] == "Z", timeout=10)
+        assert name in lab.sweep_stale()  # its maker is a zombie: gone, not running
+        stray.wait(10)  # killed: it was the lab's
+        assert _leftovers(name) == [] and not pg.exists()
+        assert not [c for c in lab.RUN_DIR.iterdir() if c.read_text().startswith(f"{name} ")]
+    finally:
+        child.wait(10)
+        stray.kill()
+        stray.wait(10)
+        lab.sweep_stale()
+
+
+def test_a_claim_that_is_not_a_lab_s_stops_no_sweep():
+    import os
+    import time
+
+    junk = lab.RUN_DIR / "10.213.250"
+    lab.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    junk.write_text("")  # a lab killed between creating its claim and writing it
+    try:
+        assert lab.sweep_stale() == [] and junk.exists()  # just written: perhaps a lab writing it
+        os.utime(junk, (time.time() - 120, time.time() - 120))
+        assert lab.sweep_stale() == [] and not junk.exists()
+    finally:
+        junk.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("name", ["", "x/y", "../../../../evil", "bad name", "-rf", "Web", "h" * 40])
+def test_a_host_name_that_is_no_host_name_is_refused_before_anything_is_made(tmp_path, name):
+    with lab.Lab(tmp_path / "names") as small:
+        with pytest.raises(ValueError, match="is not a lab host name"):
+            small.add_host(name)
+        small.add_host("a")
+        with pytest.raises(ValueError, match="has a host named 'a' already"):
+            small.add_host("a")
+        assert list(small.hosts) == ["a"]
+    assert _leftovers(small.name) == []
+    assert not (lab.CGROUP_ROOT / "cpu" / "evil").exists()
+
+
+def test_python_m_lab_stops_at_once_when_signalled_during_its_startup(tmp_path):
+    """SIGTERM (or a Ctrl-C sent to it alone) while the cluster starts: no waiting for the startup to
+    end (and printing a password for a lab about to go), the lab is removed."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(lab.__file__).parent.parent
+    run = subprocess.Popen([sys.executable, "-m", "lab", "--directory", str(tmp_path / "main")], cwd=root,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert run.stdout.readline().startswith("Starting the lab")
+        claims = [c for c in lab.RUN_DIR.iterdir() if c.read_text().split()[1:2] == [str(run.pid)]]
+        name = claims[0].read_text().split()[0]
+        run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=30)[0]
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 130, output
+    assert "Open http" not in output and "Stopped during its startup" in output
+    assert _leftovers(name) == [] and not claims[0].exists()
+
+
+def test_two_labs_at_once_share_no_name(tmp_path, monkeypatch):
+    """Labs made at the same time (the same random draw included) take subnets and names of their
+    own; closing one leaves the other whole. Links are named apart from bridges."""
+    import random
+    import subprocess
+
+    monkeypatch.setattr(random.Random, "sample", lambda self, population, k: list(population)[:k])
+    monkeypatch.setattr(lab.secrets, "token_hex", lambda n: "ab" * n)
+    with lab.Lab(tmp_path / "one") as one, lab.Lab(tmp_path / "two") as two:
+        assert one.subnet != two.subnet and one.name != two.name
+        a = one.add_host("a")
+        for index in range(2, 40):
+            assert not f"ncv{one.id}{index}".startswith(lab.PREFIX)
+        two.add_host("a").spawn("s", ["sleep", "60"])
+        two_pids = wait_until(lambda: two.hosts["a"].pids(), timeout=10)
+        one.close()
+        assert two_pids and two.hosts["a"].pids() == two_pids
+        assert subprocess.run(["ip", "link", "show", two.name], capture_output=True).returncode == 0
+        assert a.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert _leftovers(one.name) == _leftovers(two.name) == []
+
+
 # -- 1 ------------------------------------------------------------------------------------------
 def test_the_three_node_example_across_hosts(cluster):
     assert cluster.api("GET", "/api/tasks", host="wf")[0] == 503  # worker hosts answer no requests

@@ -103,6 +103,21 @@ def check_queues(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def _redis_url_problem(url: Any) -> str | None:
+    """Why ``url`` is no Redis URL a connection can be made from (redis-py's own parser), or None."""
+    if not isinstance(url, str) or not url.startswith(_REDIS_SCHEMES):
+        return "it is not a Redis URL"
+    from redis.connection import parse_url
+
+    try:
+        parsed = parse_url(url)
+    except ValueError as exc:
+        return str(exc)
+    if url.startswith("unix://"):
+        return None if parsed.get("path") else "it names no socket path"
+    return None if parsed.get("host") else "it names no host"
+
+
 def _redis_url_errors(urls: Any) -> list[CheckMessage]:
     """E016: WORKER_MODE_REDIS_URLS is not a dict, names an unknown key, or holds no Redis URL."""
     if not isinstance(urls, dict):
@@ -117,10 +132,11 @@ def _redis_url_errors(urls: Any) -> list[CheckMessage]:
     for key, url in urls.items():
         if key not in services:
             errors.append(_unknown_key("WORKER_MODE_REDIS_URLS", key, "worker_mode.E016"))
+        problem = _redis_url_problem(url)
         errors += _unless(
-            isinstance(url, str) and url.startswith(_REDIS_SCHEMES),
-            f"WORKER_MODE_REDIS_URLS[{key!r}] is not a Redis URL: {url!r}.",
-            "Use redis://host:port/db, rediss:// (TLS) or unix:///path/to/redis.sock.",
+            problem is None,
+            f"WORKER_MODE_REDIS_URLS[{key!r}] is not a Redis URL: {url!r} ({problem}).",
+            "Use redis://host:port/db, rediss://host:port/db (TLS) or unix:///path/to/redis.sock.",
             "worker_mode.E016",
         )
     return errors

@@ -540,19 +540,25 @@ def _first_line(exc: BaseException) -> str:
 
 
 def database_answers(using: str = DEFAULT_DB_ALIAS) -> bool:
-    """One ``SELECT 1`` on a working connection (a broken one is replaced); notes a failure."""
+    """One ``SELECT 1`` on a working connection (a broken one is replaced); notes a failure, and
+    an answer that took longer than a renewal interval: a partition does not fail a statement on an
+    open connection, it holds it until the network is back, and owners could not renew meanwhile."""
     global _unreachable_at
     connection = connections[using]
+    began = time.monotonic()
     try:
         if connection.connection is not None and not connection.is_usable():
             connection.close()
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        return True
     except DatabaseError:
         _unreachable_at = time.monotonic()
         connection.close()
         return False
+    answered = time.monotonic()
+    if answered - began > renew_interval():
+        _unreachable_at = answered
+    return True
 
 
 def wait_for_database(using: str = DEFAULT_DB_ALIAS, timeout: float | None = None) -> bool:
@@ -574,12 +580,55 @@ def recently_unreachable() -> bool:
     return time.monotonic() - _unreachable_at < lease_seconds()
 
 
+def transaction_id(using: str = DEFAULT_DB_ALIAS) -> int | None:
+    """PostgreSQL's id of the transaction in progress, taken just before it commits: if the answer
+    to its COMMIT is lost with the connection, ``transaction_committed`` tells whether it committed.
+    None outside a transaction and on other databases (where no loss is retried)."""
+    connection = connections[using]
+    if connection.vendor != "postgresql" or not connection.in_atomic_block:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT txid_current()")
+        return cursor.fetchone()[0]
+
+
+def transaction_committed(txid: int, using: str = DEFAULT_DB_ALIAS, timeout: float | None = None) -> bool:
+    """Whether transaction ``txid`` (``transaction_id``) committed, once the database answers again.
+
+    While the server still runs it (it has not yet noticed the session is gone) this waits, up to
+    ``timeout`` seconds (WORKER_MODE_DATABASE_WAIT plus a lease: a session idle in its transaction
+    ends after a lease); then an OperationalError says that nothing can be told yet."""
+    limit = conf.WORKER_MODE_DATABASE_WAIT + lease_seconds() if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    while True:
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT txid_status(%s)", [txid])
+            status = cursor.fetchone()[0]
+        if status != "in progress":
+            return status == "committed"
+        if time.monotonic() > deadline:
+            raise OperationalError(
+                f"Transaction {txid} is still in progress on the database after its connection was "
+                f"lost ({limit:.0f} s): whether it commits cannot be told yet."
+            )
+        time.sleep(0.5)
+
+
 def retry_after_database_loss(
-    write: Callable[[], T], *, using: str = DEFAULT_DB_ALIAS, attempts: int = 3
+    write: Callable[[], T],
+    *,
+    using: str = DEFAULT_DB_ALIAS,
+    attempts: int = 3,
+    committed: Callable[[], T | None] | None = None,
 ) -> T:
     """Run ``write`` (a transaction of its own, e.g. one batch of an import); if the database
     connection is lost meanwhile, wait for the database and run it again, up to ``attempts`` times.
-    Inside an outer transaction nothing is retried (that transaction is gone too)."""
+    Inside an outer transaction nothing is retried (that transaction is gone too).
+
+    A lost connection does not tell whether the COMMIT reached the server (only its answer may be
+    lost): ``committed()``, asked once the database answers, returns what the lost attempt
+    committed (then it is not written again), or None if it did not commit (``transaction_id``
+    and ``transaction_committed`` tell). Without it, ``write`` must be safe to run twice."""
     for attempt in range(1, attempts + 1):
         try:
             return write()
@@ -590,6 +639,11 @@ def retry_after_database_loss(
                            _first_line(exc))  # fmt: skip
             if not wait_for_database(using):
                 raise
+            if committed is not None:
+                done = committed()
+                if done is not None:
+                    logger.warning("The lost transaction had committed all the same: not written again")
+                    return done
     raise AssertionError("unreachable")
 
 
@@ -716,7 +770,9 @@ def why_abandoned(
 
     ``nodes()`` gives the names of the nodes with presence (``live_nodes``); it is
     called only when the lease and the process id leave the question open. Without
-    ``trust_leases`` (the database was just unreachable) a lapsed lease proves nothing.
+    ``trust_leases`` (the database was just unreachable) a lapsed lease proves nothing, nor
+    does a heartbeat that stopped: owners could not write either (a presence that lapsed
+    meanwhile is the same partition's, and comes back before their next renewal).
     """
     lease = row["lease_expires_at"]
     if trust_leases and (lease is None or lease <= now):
@@ -725,7 +781,7 @@ def why_abandoned(
     if same_node and row["pid"] and not _pid_alive(row["pid"]):
         return f"its process (pid {row['pid']}) on this node is gone"
     heartbeat = row["heartbeat_at"] or row["started_at"]
-    if heartbeat is not None and (now - heartbeat).total_seconds() > 2 * renew_interval():
+    if trust_leases and heartbeat is not None and (now - heartbeat).total_seconds() > 2 * renew_interval():
         live = nodes()
         if live is not None and row["node_name"] not in live:
             return (
