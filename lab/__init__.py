@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -276,6 +277,8 @@ class Lab:
             raise RuntimeError(f"The lab cannot run here: {reason}.")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in sweep_stale():  # what a killed lab (a test run, a benchmark) left behind
+            print(f"Removed what an earlier lab left behind: {stale}", file=sys.stderr)
         self.hosts: dict[str, Host] = {}
         self._on_close: list[Callable[[], object]] = []
         self.subnet = self._take_subnet()  # and the lab's id and name, unique on this machine

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import Lab, sweep_stale, why_unavailable
+from . import Lab, why_unavailable
 from .cluster import Cluster
 
 
@@ -45,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"The lab cannot run here: {reason}.", file=sys.stderr)
         return 2
-    for stale in sweep_stale():
-        print(f"Removed what an earlier lab left behind: {stale}")
     directory = args.directory or Path(tempfile.mkdtemp(prefix="nclab-"))
     stop = {"now": False, "starting": True}
 

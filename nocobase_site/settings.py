@@ -66,6 +66,8 @@ def env_pairs(name: str, example: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ImproperlyConfigured(f"{name}: {item!r} is not KEY=VALUE, e.g. {example!r}.")
+        if key.strip() in pairs:
+            raise ImproperlyConfigured(f"{name}: {key.strip()!r} is given twice.")
         pairs[key.strip()] = value.strip()
     return pairs
 
@@ -188,9 +190,18 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # A database host cut off answers nothing: give up a connection attempt after 10 s (the OS would
-    # wait minutes), so health checks, sweeps and waiting work notice and try again.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
+    # A database host cut off answers nothing: give up a connection attempt after 10 s, and an open
+    # connection whose host stopped answering after about 30 s (TCP keepalives, tcp_user_timeout),
+    # not the minutes to hours the OS would wait; health checks, sweeps and waiting work then notice.
+    for option, value in {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
+    }.items():
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(option, value)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default must hold concurrent writers (workers, the admin, a cancel mid-import):
     # WAL lets readers run beside the writer, BEGIN IMMEDIATE takes the write lock up front (no

@@ -686,3 +686,17 @@ def conf_node_name() -> str:
     from worker_mode.conf import conf
 
     return conf.WORKER_MODE_NODE_NAME
+
+
+@ON_POSTGRES
+def test_a_connection_lost_after_the_work_finished_is_not_swallowed(redis_conn):
+    from django.db import DatabaseError
+
+    execution = queued_execution()
+    claim = claims.claim(Execution, execution.pk)
+    with pytest.raises(DatabaseError), claim:
+        claim.finish("resolved")
+        lose_the_connection()
+        Execution.objects.count()
+    execution.refresh_from_db()
+    assert (execution.status, execution.attempts) == ("resolved", 1)  # the finish stands; nothing queued

@@ -241,3 +241,31 @@ def test_settings_come_from_the_environment_only_when_set(tmp_path):
     assert run(WORKER_MODE_NODE_NAME="n1", WORKER_MODE_RESTART_LIMIT="7")[:3] == ["n1", "7", "True"]
     assert run(NODE_NAME="short-alias")[0] == "short-alias"  # the documented alias
     assert run(NODE_NAME="alias", WORKER_MODE_NODE_NAME="full")[0] == "full"  # the setting's name wins
+
+
+def test_a_service_key_given_twice_in_the_environment_stops_the_process(tmp_path):
+    env = site_process_env(
+        tmp_path,
+        WORKER_MODE_REDIS_URLS="async-task:process=redis://a:6379/0,async-task:process=redis://b:6379/0",
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "check"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "WORKER_MODE_REDIS_URLS: 'async-task:process' is given twice." in done.stderr
+
+
+def test_postgresql_connections_give_up_on_a_silent_database_host(tmp_path):
+    """connect_timeout for new connections; keepalives and tcp_user_timeout for open ones (a host
+    cut off sends no reset: the OS alone would wait minutes to hours)."""
+    code = "from django.conf import settings; print(sorted(settings.DATABASES['default']['OPTIONS'].items()))"
+    env = {**site_process_env(tmp_path), "DATABASE_URL": "postgres://u@db.invalid:5432/site"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "--no-imports", "-c", code],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.strip() == (
+        "[('connect_timeout', 10), ('keepalives', 1), ('keepalives_count', 3), ('keepalives_idle', 10), "
+        "('keepalives_interval', 5), ('tcp_user_timeout', 30000)]"
+    ), done.stderr

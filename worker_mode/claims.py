@@ -431,11 +431,15 @@ class Claim:
         try:
             if exc is None:
                 return False
-            if connection_lost(exc, self.using):
+            lost = connection_lost(exc, self.using)
+            if self.done:
+                if lost:  # did the finish commit? Ask once the database answers
+                    wait_for_database(self.using)
+                if not self._finish_rolled_back():
+                    return False
+            if lost:
                 self._after_database_loss(exc)
                 return True
-            if self.done and not self._finish_rolled_back():
-                return False
             if isinstance(exc, ClaimLost):
                 logger.warning("%s stopped: %s", self.label, exc)
                 return True
@@ -517,9 +521,10 @@ class Claim:
 
 # -- database outages ------------------------------------------------------------------------
 
-#: SQLSTATE classes of PostgreSQL errors that mean the server went away, not the statement failed:
-#: connection exceptions, and admin/crash shutdown or "starting up" (a restarting server).
-_CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+#: SQLSTATE classes of PostgreSQL errors that mean the session ended, not the statement failed:
+#: connection exceptions; admin/crash shutdown, "starting up" (a restarting server); the server's
+#: idle-in-transaction and idle-session timeouts (a frozen owner's session was ended).
+_CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03", "57P05", "25P03")
 
 #: When this process last failed to reach the database (time.monotonic()).
 _unreachable_at = -math.inf
