@@ -45,6 +45,19 @@ from lab.cluster import Cluster  # noqa: E402
 FIXED = {"db": 0.6, "redis-a": 0.2, "redis-b": 0.2, "web": 0.5}
 
 
+def memory_mb(host: Host) -> float:
+    """The proportional set size of every process of ``host`` (shared pages split between their
+    sharers, so forked workers are not counted twice), in MB."""
+    total = 0
+    for pid in host.pids():
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += int(re.search(r"^Pss:\s+(\d+) kB", text, re.M).group(1))
+    return total / 1024
+
+
 def link_bytes(host: Host) -> int:
     stats = Path("/sys/class/net") / host.link / "statistics"
     return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
@@ -63,11 +76,13 @@ class Counters:
             values[f"cpu:{name}"] = host.cgroup.cpu_seconds()
             values[f"bytes:{name}"] = link_bytes(host)
         with psycopg.connect(self.cluster.db.url) as conn:  # the bench's own queries are not counted
-            values["sql"] = conn.execute(
-                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
-                "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname <> %s",
-                [self.bench_role],
-            ).fetchone()[0]
+            values["sql"] = float(
+                conn.execute(
+                    "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
+                    "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname <> %s",
+                    [self.bench_role],
+                ).fetchone()[0]
+            )
         for name, client in self.redis.items():
             stats = client.info("commandstats")
             values[f"redis:{name}"] = sum(v["calls"] for v in stats.values())
@@ -207,6 +222,7 @@ class Bench:
             before, count0 = self.counters.snapshot(), done()
             wait_for(lambda: done() >= total * 0.9, 900)
             after, count1 = self.counters.snapshot(), done()
+            memory = [memory_mb(self.cluster.lab.hosts[name]) for name in names]
             wait_for(lambda: done() >= total, 300)
         finally:
             for name in names:
@@ -214,7 +230,7 @@ class Bench:
         delta = diff(after, before)
         items = count1 - count0
         return {"label": label, "hosts": hosts, "rate": items / delta["t"], "items": items, "delta": delta,
-                "names": names}  # fmt: skip
+                "names": names, "memory": max(memory)}  # fmt: skip
 
     def idle(self, names: list[str]) -> bool:
         """Whether the hosts ``names`` used under 5 % of a CPU each over the last second."""
@@ -266,6 +282,8 @@ class Bench:
         cluster.start_node("tasks", "async-task:process", cpus=a.worker_cpus)
         wait_for(lambda: self.executions_done() > 0 and self.rows_done() > 0, 120)
         split = measure("2. split: backlog on wf + tasks hosts", url, cluster.token, a)
+        hosts = ("web", "wf", "tasks", "db", "redis-a")
+        print("   memory (PSS): " + ", ".join(f"{h} {memory_mb(cluster.lab.hosts[h]):.0f} MB" for h in hosts))
         for name in ("web", "wf", "tasks"):
             cluster.lab.hosts[name].stop("node")
         self.queue_executions(a.executions * 2)
@@ -300,7 +318,8 @@ def report_run(run: dict, results: list[dict], cap: float) -> None:
         f"{run['label']:<11} {run['hosts']} host(s): {run['rate']:8.1f}/s  "
         f"speed-up {run['rate'] / one['rate']:.2f}x  "
         f"CPU used/cap: workers {workers:.2f}/{cap * run['hosts']:g}, {usage}; "
-        f"redis cmds/s {sum(v for k, v in d.items() if k.startswith('redis:')) / seconds:,.0f}",
+        f"redis cmds/s {sum(v for k, v in d.items() if k.startswith('redis:')) / seconds:,.0f}; "
+        f"memory per worker host {run['memory']:.0f} MB",
         flush=True,
     )
 
@@ -359,6 +378,7 @@ def main() -> None:
     )
     parser.add_argument("--hosts", default="1,2,3", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--worker-cpus", type=float, default=0.3, help="CPU cap of each worker host")
+    parser.add_argument("--db-cpus", type=float, default=FIXED["db"], help="CPU cap of the database host")
     parser.add_argument("--executions", type=int, default=1500)
     parser.add_argument("--tasks", type=int, default=6, help="import tasks (one file each)")
     parser.add_argument("--rows", type=int, default=20000, help="rows per import file")
@@ -368,6 +388,7 @@ def main() -> None:
     reason = why_unavailable()
     if reason:
         raise SystemExit(f"The lab cannot run here: {reason}.")
+    FIXED["db"] = args.db_cpus
     phases = set(args.phases.split(","))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; Python "
           f"{platform.python_version()}; caps: worker hosts {args.worker_cpus:g} CPU each (1 worker "
