@@ -157,6 +157,8 @@ class Host:
     link: str
     cgroup: Cgroup
     processes: dict[str, Process] = field(default_factory=dict)
+    #: CPUs its processes may run on (taskset's list, e.g. "1"); None: any. See :meth:`pin`.
+    cores: str | None = None
 
     def spawn(
         self,
@@ -176,7 +178,8 @@ class Host:
         join = " ".join(f'echo $$ > "{path}";' for path in self.cgroup.procs_files)
         # setpriv execs (runuser forks): the program itself is the child this lab waits for.
         as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"] if user else []
-        command = [*as_user, *argv]
+        pin = ["taskset", "-c", self.cores] if self.cores else []
+        command = [*pin, *as_user, *argv]
         enter = f'{join} exec ip netns exec "$0" unshare --uts sh -c \'hostname "$0" && exec "$@"\' "$@"'
         wrapper = ["sh", "-c", enter, self.netns, self.name, *command]
         with log.open("ab") as out:
@@ -203,6 +206,16 @@ class Host:
 
     def pids(self) -> list[int]:
         return self.cgroup.pids()
+
+    def pin(self, cores: str | None) -> None:
+        """Run the host's processes on ``cores`` only (e.g. "0"), the running ones and those started
+        later: a CPU of its own, where the quota alone only caps what it may take from a shared one."""
+        self.cores = cores
+        every = f"0-{(os.cpu_count() or 1) - 1}"
+        for pid in self.pids():
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", cores or every, str(pid)], capture_output=True, check=False
+            )
 
     def signal_all(self, sig: int) -> list[int]:
         pids = self.pids()
