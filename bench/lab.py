@@ -26,7 +26,6 @@ import argparse
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from isolation import wrk  # noqa: E402  (bench/isolation.py: wrk on CPU 1 at real-time priority)
 
 from lab import Host, Lab, why_unavailable  # noqa: E402
 from lab.cluster import Cluster  # noqa: E402
@@ -361,26 +362,6 @@ def report_costs(results: list[dict]) -> None:
             f"{d[f'cpu:{worker}'] * 1000 / n:>14.2f}{d['cpu:db'] * 1000 / n:>10.2f}"
             f"{redis_cpu * 1000 / n:>13.3f}"
         )
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def wrk(url: str, token: str, duration: int, connections: int) -> dict[str, float]:
-    output = subprocess.run(
-        ["chrt", "-f", "50", "taskset", "-c", "1",
-         "wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "--latency",
-         "-H", f"Authorization: Bearer {token}", url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    figures = {}
-    for label in ("50%", "99%"):
-        value, unit = re.search(rf"^\s+{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
-        figures[label] = float(value) * _UNITS[unit]
-    figures["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    figures["non2xx"] = int(bad.group(1)) if bad else 0
-    return figures
 
 
 def measure(label: str, url: str, token: str, args: argparse.Namespace, progress=None) -> dict:

@@ -39,6 +39,23 @@ PORT = 8000
 HOSTS = ("db", "redis-a", "redis-b", "web", "wf", "tasks")
 
 
+def multipart(filename: str, content: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
+    """A multipart/form-data body with ``fields`` and the file ``content`` as "file"; and its type."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: text/csv\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
 def postgres_bin() -> Path:
     """The newest PostgreSQL server installed from Debian's packages."""
     found = sorted(
@@ -246,21 +263,8 @@ class Cluster:
             return status, payload
 
     def upload(self, path: str, filename: str, content: bytes, fields: dict[str, str] | None = None):
-        boundary = uuid.uuid4().hex
-        parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-            for name, value in (fields or {}).items()
-        ]
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            f"Content-Type: text/csv\r\n\r\n".encode()
-            + content
-            + b"\r\n"
-        )
-        parts.append(f"--{boundary}--\r\n".encode())
-        return self.api(
-            "POST", path, raw=b"".join(parts), content_type=f"multipart/form-data; boundary={boundary}"
-        )
+        body, content_type = multipart(filename, content, fields or {})
+        return self.api("POST", path, raw=body, content_type=content_type)
 
     def admin_page(self, path: str, *, host: str = "web") -> str:
         """An admin page as the administrator sees it (logged in through the login form)."""

@@ -7,10 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,35 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+class Hook(BaseHTTPRequestHandler):
+    """A webhook that holds the first ``hold`` calls until ``release`` is set, answers the rest at
+    once; ``calls`` lists the callers' addresses. Serve it with ThreadingHTTPServer."""
+
+    calls: list[str] = []
+    hold = 0
+    release = threading.Event()
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.calls, cls.hold, cls.release = [], 0, threading.Event()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        Hook.calls.append(self.client_address[0])
+        if len(Hook.calls) <= Hook.hold:
+            Hook.release.wait(60)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+        except OSError:
+            pass  # the caller is gone (killed, cut off): that is the point
+
+    def log_message(self, *args):
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -15,6 +15,7 @@ from async_tasks import tasks
 from async_tasks.models import AsyncTask
 from catalog.models import Order, Product
 from tests.conftest import (
+    Hook,
     build_workflow,
     free_port,
     is_postgres,
@@ -48,33 +49,9 @@ def env(site_env, task_storage):
     }
 
 
-class Hook(BaseHTTPRequestHandler):
-    """A webhook that holds the first ``hold`` calls until ``release`` is set, answers the rest at once."""
-
-    calls: list[str] = []
-    hold = 0
-    release = threading.Event()
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        Hook.calls.append(self.path)
-        if len(Hook.calls) <= Hook.hold:
-            Hook.release.wait(60)
-        try:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-        except OSError:
-            pass  # the caller is gone: that is the point
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def hook():
-    Hook.calls, Hook.hold, Hook.release = [], 0, threading.Event()
+    Hook.reset()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield Hook, f"http://127.0.0.1:{server.server_address[1]}/hook"

@@ -9,7 +9,6 @@ import io
 import json
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 from django.contrib.auth.models import User
@@ -18,6 +17,7 @@ from api_tokens.models import ApiToken
 from async_tasks.models import AsyncTask
 from catalog import demo
 from catalog.models import Order, Product, WebhookDelivery
+from lab.cluster import multipart
 from tests.conftest import free_port, shared_database_url, wait_for_http, wait_until
 from worker_mode import presence
 from workflows.models import Execution
@@ -61,20 +61,8 @@ class Api:
         return status, json.loads(raw)
 
     def upload(self, path: str, filename: str, content: bytes, fields: dict[str, str]) -> tuple[int, dict]:
-        boundary = uuid.uuid4().hex
-        parts = []
-        for name, value in fields.items():
-            parts.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-            )
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            f"Content-Type: text/csv\r\n\r\n".encode()
-            + content
-            + b"\r\n"
-        )
-        parts.append(f"--{boundary}--\r\n".encode())
-        status, raw = self.call("POST", path, b"".join(parts), f"multipart/form-data; boundary={boundary}")
+        body, content_type = multipart(filename, content, fields)
+        status, raw = self.call("POST", path, body, content_type)
         return status, json.loads(raw)
 
     def finished_task(self, task_id: int) -> dict:

@@ -18,13 +18,13 @@ import csv
 import io
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 import lab
 from lab.cluster import Cluster
-from tests.conftest import wait_until
+from tests.conftest import Hook, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 
@@ -76,30 +76,6 @@ def product_rows(prefix: str, count: int) -> bytes:
     return f"sku,name,price,quantity,active,created\n{rows}".encode()
 
 
-class Hook(BaseHTTPRequestHandler):
-    """A webhook on this machine (the bridge's .1) that holds the first ``hold`` calls."""
-
-    calls: list[str] = []
-    hold = 0
-    release = threading.Event()
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        Hook.calls.append(self.client_address[0])
-        if len(Hook.calls) <= Hook.hold:
-            Hook.release.wait(60)
-        try:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-        except OSError:
-            pass  # the caller is cut off: that is the point
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def hook_server(cluster):
     server = ThreadingHTTPServer((cluster.lab.gateway, 0), Hook)
@@ -112,7 +88,7 @@ def hook_server(cluster):
 
 @pytest.fixture
 def hook(hook_server):
-    Hook.calls, Hook.hold, Hook.release = [], 0, threading.Event()
+    Hook.reset()
     yield Hook
     Hook.release.set()
 
