@@ -138,10 +138,12 @@ class Bench:
         from decimal import Decimal
 
         from catalog.models import Product
+        from worker_mode import get_queue
         from workflows import triggers
         from workflows.models import Execution, Workflow
         from workflows.models import Node as WorkflowNode
 
+        get_queue("workflow:process").empty()  # no message of an earlier phase left to run
         Execution.objects.all().delete()
         Product.objects.filter(sku__startswith="W-").delete()
         Product.objects.bulk_create(
@@ -179,7 +181,9 @@ class Bench:
         from async_tasks import tasks
         from async_tasks.models import AsyncTask
         from catalog.models import Product
+        from worker_mode import get_queue
 
+        get_queue("async-task:process").empty()
         AsyncTask.objects.all().delete()
         Product.objects.filter(sku__startswith="I").delete()
         owner = User.objects.get(username="admin")

@@ -361,11 +361,11 @@ class Lab:
 
     def map(self) -> str:
         """The hosts, their addresses and what runs on them, as a table."""
-        rows = [("host", "address", "CPUs", "runs")]
+        rows = [("host", "address", "link (ip link set … down: cut it off)", "CPUs", "runs")]
         for host in self.hosts.values():
             cap = _cpus_label(host.cgroup)
-            rows.append((host.name, host.ip, cap, ", ".join(host.processes) or "-"))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            rows.append((host.name, host.ip, host.link, cap, ", ".join(host.processes) or "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = [
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows
         ]

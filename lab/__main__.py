@@ -9,6 +9,7 @@ the admin's password and the addresses to open, and tears everything down on Ctr
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import tempfile
@@ -16,18 +17,23 @@ import time
 from pathlib import Path
 
 from . import Lab, why_unavailable
-from .cluster import Cluster
+from .cluster import HOSTS, Cluster
 
 
 def cpus(text: str) -> dict[str, float | None]:
-    """``"wf=0.5,tasks=0.5"`` -> {"wf": 0.5, "tasks": 0.5}."""
+    """``"wf=0.5,tasks=0.5"`` -> {"wf": 0.5, "tasks": 0.5}: hosts of the lab, CPUs above 0."""
     caps: dict[str, float | None] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
+        name, sep, value = (part.strip() for part in item.partition("="))
         try:
-            caps[name.strip()] = float(value) if sep else None
+            number = float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r} is not HOST=CPUS, e.g. wf=0.5") from None
+            number = math.nan
+        if not sep or not math.isfinite(number) or number <= 0:
+            raise argparse.ArgumentTypeError(f"{item!r} is not HOST=CPUS with CPUS above 0, e.g. wf=0.5")
+        if name not in HOSTS:
+            raise argparse.ArgumentTypeError(f"{name!r} is no host of the lab; its hosts: {', '.join(HOSTS)}")
+        caps[name] = number
     return caps
 
 

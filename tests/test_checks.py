@@ -196,6 +196,8 @@ def test_every_default_has_a_typed_property_and_nothing_else(app):
             "Invalid value for 'socket_timeout'",
         ),
         ({"async-task:process": "rediss://"}, "it names no host"),
+        ({"async-task:process": "redis://h:6379/0?foo=bar"}, "unexpected keyword argument 'foo'"),
+        ({"async-task:process": "redis://h:6379/abc"}, "its database 'abc' is not a number"),
         ({"async-task:process": "redis:///0"}, "it names no host"),
         ({"async-task:process": "unix://"}, "it names no socket path"),
     ],

@@ -107,14 +107,21 @@ def _redis_url_problem(url: Any) -> str | None:
     """Why ``url`` is no Redis URL a connection can be made from (redis-py's own parser), or None."""
     if not isinstance(url, str) or not url.startswith(_REDIS_SCHEMES):
         return "it is not a Redis URL"
+    from urllib.parse import urlsplit
+
+    from redis import ConnectionPool
     from redis.connection import parse_url
 
     try:
         parsed = parse_url(url)
-    except ValueError as exc:
+        ConnectionPool.from_url(url).make_connection()  # builds it (options checked), connects nothing
+    except (ValueError, TypeError) as exc:
         return str(exc)
     if url.startswith("unix://"):
         return None if parsed.get("path") else "it names no socket path"
+    database = urlsplit(url).path.strip("/")
+    if database and not database.isdigit():
+        return f"its database {database!r} is not a number"
     return None if parsed.get("host") else "it names no host"
 
 
