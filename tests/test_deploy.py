@@ -15,6 +15,8 @@ import yaml
 from worker_mode import parse, services
 from worker_mode.defaults import WORKER_MODE_SHUTDOWN_GRACE
 
+pytestmark = pytest.mark.engine_independent  # files of deploy/ only
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S_EXAMPLES = ["three-node.yaml", "four-node.yaml"]
 

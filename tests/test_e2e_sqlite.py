@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port, http_get, product_csv, wait_for_http, wait_until
 
-pytestmark = pytest.mark.processes
+pytestmark = [pytest.mark.processes, pytest.mark.engine_independent]  # SQLite by design
 
 SETUP = """
 from django.contrib.auth.models import User

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port, wait_until
 
-pytestmark = pytest.mark.processes
+pytestmark = [pytest.mark.processes, pytest.mark.engine_independent]  # make run uses SQLite
 
 
 @pytest.fixture

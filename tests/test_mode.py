@@ -6,6 +6,8 @@ import pytest
 
 from worker_mode.mode import WorkerModeSyntaxError, parse
 
+pytestmark = pytest.mark.engine_independent  # parsing only
+
 REGISTERED = ("workflow:process", "async-task:process")
 
 

@@ -16,7 +16,7 @@ from worker_mode.supervisor import Child, Restart, Supervisor, catch_stop_signal
 
 from .conftest import wait_until
 
-pytestmark = pytest.mark.processes
+pytestmark = [pytest.mark.processes, pytest.mark.engine_independent]
 
 
 def note(path: Path, line: str) -> None:
