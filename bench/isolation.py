@@ -105,6 +105,28 @@ class Node:
             self.process.wait(10)
 
 
+def bench_workflow():
+    """The benchmark's workflow (manual): condition -> calculation -> update the product of
+    ``$context.data.sku`` (also used by bench/lab.py)."""
+    from workflows.models import Node as WorkflowNode
+    from workflows.models import Workflow
+
+    workflow = Workflow.objects.create(key="bench", title="bench", enabled=True, trigger_type="manual")
+    WorkflowNode.objects.bulk_create(
+        [
+            WorkflowNode(workflow=workflow, key="enough", type="condition",
+                         config={"expression": "{{ $context.data.quantity }} > 0"}),
+            WorkflowNode(workflow=workflow, key="left", type="calculation", upstream="enough", branch="true",
+                         config={"expression": "1000000000 - {{ $context.data.quantity }}"}),
+            WorkflowNode(workflow=workflow, key="save", type="update", upstream="left",
+                         config={"collection": "catalog.Product",
+                                 "filter": {"sku": "{{ $context.data.sku }}"},
+                                 "values": {"quantity": "{{ $jobs.left }}"}}),
+        ]
+    )  # fmt: skip
+    return workflow
+
+
 def write_csv(path: Path, rows: int) -> None:
     rng = random.Random(7)
     with path.open("w") as out:
@@ -211,8 +233,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
     from catalog.models import Product
     from worker_mode.queues import get_connection
     from workflows import triggers
-    from workflows.models import Execution, Workflow
-    from workflows.models import Node as WorkflowNode
+    from workflows.models import Execution
 
     user = User.objects.create_superuser("bench", "bench@example.com", "pw-bench-12345")
     _, token = ApiToken.issue(user, "isolation")
@@ -220,19 +241,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
         AsyncTask.objects.create(
             kind="export", model="catalog.Product", format="csv", owner=user, status="succeeded"
         )
-    workflow = Workflow.objects.create(key="bench", title="bench", enabled=True, trigger_type="manual")
-    WorkflowNode.objects.bulk_create(
-        [
-            WorkflowNode(workflow=workflow, key="enough", type="condition",
-                         config={"expression": "{{ $context.data.quantity }} > 0"}),
-            WorkflowNode(workflow=workflow, key="left", type="calculation", upstream="enough", branch="true",
-                         config={"expression": "1000000000 - {{ $context.data.quantity }}"}),
-            WorkflowNode(workflow=workflow, key="save", type="update", upstream="left",
-                         config={"collection": "catalog.Product",
-                                 "filter": {"sku": "{{ $context.data.sku }}"},
-                                 "values": {"quantity": "{{ $jobs.left }}"}}),
-        ]
-    )  # fmt: skip
+    workflow = bench_workflow()
     upload = tmp / "import.csv"
     write_csv(upload, args.rows)
     web_port = free_port()

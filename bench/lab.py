@@ -37,7 +37,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from isolation import wrk  # noqa: E402  (bench/isolation.py: wrk on CPU 1 at real-time priority)
+from isolation import bench_workflow, wrk  # noqa: E402  (bench/isolation.py: wrk on CPU 1 at real-time priority)
 
 from lab import Host, Lab, why_unavailable  # noqa: E402
 from lab.cluster import Cluster  # noqa: E402
@@ -141,7 +141,6 @@ class Bench:
         from worker_mode import get_queue
         from workflows import triggers
         from workflows.models import Execution, Workflow
-        from workflows.models import Node as WorkflowNode
 
         get_queue("workflow:process").empty()  # no message of an earlier phase left to run
         Execution.objects.all().delete()
@@ -149,24 +148,7 @@ class Bench:
         Product.objects.bulk_create(
             Product(sku=f"W-{i:04d}", name="w", price=Decimal(1), quantity=10**9) for i in range(1000)
         )
-        workflow = Workflow.objects.filter(key="bench").first()
-        if workflow is None:
-            workflow = Workflow.objects.create(
-                key="bench", title="bench", enabled=True, trigger_type="manual"
-            )
-            WorkflowNode.objects.bulk_create(
-                [
-                    WorkflowNode(workflow=workflow, key="enough", type="condition",
-                                 config={"expression": "{{ $context.data.quantity }} > 0"}),
-                    WorkflowNode(workflow=workflow, key="left", type="calculation", upstream="enough",
-                                 branch="true",
-                                 config={"expression": "1000000000 - {{ $context.data.quantity }}"}),
-                    WorkflowNode(workflow=workflow, key="save", type="update", upstream="left",
-                                 config={"collection": "catalog.Product",
-                                         "filter": {"sku": "{{ $context.data.sku }}"},
-                                         "values": {"quantity": "{{ $jobs.left }}"}}),
-                ]
-            )  # fmt: skip
+        workflow = Workflow.objects.filter(key="bench").first() or bench_workflow()
         for i in range(count):
             triggers.trigger_manually(workflow, {"quantity": i % 7 + 1, "sku": f"W-{i % 1000:04d}"})
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from isolation import bench_workflow  # bench/isolation.py: the benchmarks' workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "nocobase_bench"
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> None:
 
     from catalog.models import Product
     from workflows import triggers
-    from workflows.models import Execution, Node, Workflow
+    from workflows.models import Execution
 
     # Each execution updates the record its context names, as a workflow on an order or a product
     # does; --hot-row makes them all update one row, which serializes on its lock.
@@ -161,18 +162,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> None:
         Product(sku=f"BENCH-{i:04d}", name="bench", price=Decimal("1.00"), quantity=10**9)
         for i in range(rows)
     )
-    workflow = Workflow.objects.create(key="bench", title="bench", enabled=True, trigger_type="manual")
-    Node.objects.bulk_create(
-        [
-            Node(workflow=workflow, key="enough", type="condition",
-                 config={"expression": "{{ $context.data.quantity }} > 0"}),
-            Node(workflow=workflow, key="left", type="calculation", upstream="enough", branch="true",
-                 config={"expression": "1000000000 - {{ $context.data.quantity }}"}),
-            Node(workflow=workflow, key="save", type="update", upstream="left",
-                 config={"collection": "catalog.Product", "filter": {"sku": "{{ $context.data.sku }}"},
-                         "values": {"quantity": "{{ $jobs.left }}"}}),
-        ]
-    )  # fmt: skip
+    workflow = bench_workflow()  # condition -> calculation -> update (bench/isolation.py)
     n, k = args.executions, args.processes
 
     def context(i: int) -> dict:

@@ -504,7 +504,11 @@ def test_a_lost_connection_is_told_from_an_error_of_the_work():
     connection.close()  # not this session's timeout for the rest of the test
 
 
-@pytest.mark.skipif(is_postgres(), reason="on SQLite no error is taken for a lost connection")
+@pytest.mark.skipif(
+    is_postgres(),
+    reason="checks the SQLite side of connection_lost (the vendor of the test database decides); the "
+    "PostgreSQL side is checked by the tests that terminate a real session",
+)
 def test_on_sqlite_every_database_error_is_the_work_s():
     from django.db import OperationalError
 

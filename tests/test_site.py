@@ -81,6 +81,18 @@ def site_process_env(tmp_path, **extra: str) -> dict[str, str]:
     return env
 
 
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``manage.py *args`` in a process of its own with ``env``."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_the_documented_production_settings_pass_check_deploy(tmp_path):
     env = site_process_env(
         tmp_path,
@@ -94,19 +106,13 @@ def test_the_documented_production_settings_pass_check_deploy(tmp_path):
         SECURE_HSTS_INCLUDE_SUBDOMAINS="true",
         SECURE_HSTS_PRELOAD="true",
     )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = manage(env, "check", "--deploy", "--fail-level", "WARNING")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "System check identified no issues" in done.stdout
 
 
 def test_the_laptop_defaults_fail_check_deploy(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "check", "--deploy"],
-        cwd=ROOT, env=site_process_env(tmp_path), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = manage(site_process_env(tmp_path), "check", "--deploy")
     assert done.returncode != 0 and "nocobase_site.E001" in done.stderr
 
 
@@ -114,16 +120,10 @@ def test_a_service_key_on_its_own_redis_from_the_environment(tmp_path):
     """WORKER_MODE_REDIS_URLS as an environment variable; a malformed one stops the process, naming it."""
     code = "from django_rq.settings import QUEUES; print(QUEUES['async-task:process']['URL'])"
     env = site_process_env(tmp_path, WORKER_MODE_REDIS_URLS="async-task:process=redis://10.0.0.9:6390/2?x=1")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "shell", "--no-imports", "-c", code],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = manage(env, "shell", "--no-imports", "-c", code)
     assert done.stdout.strip() == "redis://10.0.0.9:6390/2?x=1", done.stderr
     env["WORKER_MODE_REDIS_URLS"] = "redis://10.0.0.9:6390/2"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "check"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = manage(env, "check")
     assert done.returncode != 0
     assert "WORKER_MODE_REDIS_URLS: 'redis://10.0.0.9:6390/2' is not KEY=VALUE" in done.stderr
 
@@ -186,11 +186,7 @@ def test_runnode_refuses_a_public_bind_on_the_default_secret_before_any_worker_s
     ],
 )
 def test_environment_values_that_are_not_numbers_are_named(tmp_path, variable, value, expected):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "check"],
-        cwd=ROOT, env=site_process_env(tmp_path, **{variable: value}), capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    done = manage(site_process_env(tmp_path, **{variable: value}), "check")
     assert done.returncode != 0
     output = done.stdout + done.stderr
     assert expected in output and variable in output
@@ -248,10 +244,7 @@ def test_a_service_key_given_twice_in_the_environment_stops_the_process(tmp_path
         tmp_path,
         WORKER_MODE_REDIS_URLS="async-task:process=redis://a:6379/0,async-task:process=redis://b:6379/0",
     )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "check"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = manage(env, "check")
     assert done.returncode != 0
     assert "WORKER_MODE_REDIS_URLS: 'async-task:process' is given twice." in done.stderr
 
@@ -261,10 +254,7 @@ def test_postgresql_connections_give_up_on_a_silent_database_host(tmp_path):
     cut off sends no reset: the OS alone would wait minutes to hours)."""
     code = "from django.conf import settings; print(sorted(settings.DATABASES['default']['OPTIONS'].items()))"
     env = {**site_process_env(tmp_path), "DATABASE_URL": "postgres://u@db.invalid:5432/site"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "shell", "--no-imports", "-c", code],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = manage(env, "shell", "--no-imports", "-c", code)
     assert done.stdout.strip() == (
         "[('connect_timeout', 10), ('keepalives', 1), ('keepalives_count', 3), ('keepalives_idle', 10), "
         "('keepalives_interval', 5), ('tcp_user_timeout', 30000)]"
