@@ -97,6 +97,8 @@ class AsyncTaskAdmin(admin.ModelAdmin):
     def progress(self, task: AsyncTask) -> str:
         percent = task.percent
         label = f"{task.done:,}" + (f" / {task.total:,}" if task.total is not None else "")
+        if task.pace is not None and task.status == AsyncTask.Status.RUNNING:
+            label += f" — yielding to requests (at {task.pace:.0%} of full speed)"
         if percent is None:
             return format_html('<progress max="100"></progress> {}', label)
         return format_html('<progress value="{}" max="100">{}%</progress> {}', percent, percent, label)

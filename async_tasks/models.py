@@ -52,6 +52,12 @@ class AsyncTask(ClaimedWork):
     done = models.PositiveBigIntegerField(default=0, help_text="Rows processed so far.")
     total = models.PositiveBigIntegerField(null=True, blank=True, help_text="Rows expected (estimate).")
     summary = models.JSONField(default=dict, blank=True)
+    pace = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="While the task yields the database to requests under pressure: the share of its "
+        "time it works (0-1). Empty: full speed.",
+    )
     # Paths inside the ASYNC_TASKS_STORAGE storage, never served by URL; names are generated.
     source_file = models.CharField(max_length=255, blank=True)
     source_name = models.CharField(

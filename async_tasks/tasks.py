@@ -12,7 +12,7 @@ from typing import IO, Any
 from django.db import transaction
 from django.utils import timezone
 
-from worker_mode import claims, storable
+from worker_mode import claims, pacing, storable
 from worker_mode.claims import Claim, ClaimLost
 from worker_mode.storable import text
 
@@ -214,7 +214,8 @@ class _Tracker:
 
     def update(self, done: int, summary: dict[str, int] | None = None) -> None:
         task = self.task
-        fields: dict[str, Any] = {"done": done, "total": task.total}
+        task.pace = pacing.current_pace()  # below 1 while the task yields the database to requests
+        fields: dict[str, Any] = {"done": done, "total": task.total, "pace": task.pace}
         if summary is not None:
             fields["summary"] = summary
         now = timezone.now()
@@ -231,7 +232,9 @@ class _Tracker:
             raise self.claim._lose()
 
     def report(self, done: int, summary: dict[str, int] | None = None) -> None:
-        """After a commit: what the progress callback (the command's progress line) shows."""
+        """After a commit: what the progress callback (the command's progress line) shows; then
+        a pacing checkpoint (in a worker, the task yields here while requests are under pressure)."""
+        pacing.checkpoint()
         task = self.task
         task.done = done
         if summary is not None:

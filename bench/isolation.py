@@ -1,24 +1,35 @@
-"""The headline number: does background work slow down the request nodes?
+"""The headline number: does background work slow down the request nodes, and does pacing help?
 
 On this 2-CPU machine, nodes are simulated by pinning processes to CPUs (``taskset``):
 the request node (WORKER_MODE '!') on CPU 0; the worker node (workflow:process and
 async-task:process), a private PostgreSQL and a private redis-server on CPU 1 — the
-database is shared by every node, as in a cluster. ``wrk`` (on CPU 1, real-time
-priority, so it measures rather than queues) keeps a fixed number of connections busy
-on an authenticated JSON API view (``GET /api/tasks``: token check, a write of the
-token's last use, a paginated query) for a fixed time, in three phases of one run:
+database is shared by every node, as in a cluster. The load is on an authenticated JSON API
+view (``GET /api/tasks``: token check, a write of the token's last use, a paginated query),
+from CPU 1 at real-time priority (so it measures rather than queues), in two kinds:
 
-1. idle: no background work;
-2. split: while the worker node processes a heavy backlog (a ``--rows`` import plus
-   ``--executions`` workflow executions, condition -> calculation -> update record);
-3. all-in-one, for comparison: the same backlog processed by one node with an empty
-   WORKER_MODE (requests and every service) on CPU 0, sharing the request node's CPU.
+- closed loop: ``wrk`` keeps ``--connections`` connections busy (each sends when the last answer
+  came: a slow server slows the load, and waiting hides);
+- open loop: requests at a constant rate (``--rate``, default half of the idle closed-loop
+  throughput), each on its own connection, latency counted from the moment it was due to be
+  sent (so a server that falls behind shows it).
 
-Printed: requests/s, p50 and p99 latency per phase, how much backlog was processed
-during each measured window, and p99 of each loaded phase over idle.
+Phases of one run (each loaded phase with a fresh backlog: a ``--rows`` import plus
+``--executions`` workflow executions, condition -> calculation -> update record):
+
+1. idle: no background work (closed, then open loop);
+2. no request load: the backlog's throughput unpaced and paced (pacing must cost nothing
+   when nobody waits);
+3. split: the worker node processes the backlog, pacing off (``WORKER_MODE_PACING_BUDGET=0``);
+4. split with pacing: the same, at the default budget (or ``--budget``);
+5. closed-loop curve: split with pacing at each of ``--budgets``;
+6. all-in-one, for comparison: the backlog processed by one node with an empty WORKER_MODE
+   (requests and every service, pacing off) on CPU 0, sharing the request node's CPU.
+
+Printed per phase: requests/s, p50/p99 latency, backlog done during the window; then p99 over
+idle and background throughput over the unpaced split phase.
 
     .venv/bin/python bench/isolation.py [--rows 1000000] [--executions 5000] [--duration 15]
-        [--connections 4]
+        [--connections 4] [--rate R] [--budget B] [--budgets 0.1,0.25,1] [--phases ...]
 
 Needs root (a private PostgreSQL is started as the ``postgres`` user) and Debian's
 ``wrk`` (``make bench-isolation`` installs it). Everything listens on 127.0.0.1 only.
@@ -27,6 +38,7 @@ Needs root (a private PostgreSQL is started as the ``postgres`` user) and Debian
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -157,17 +169,48 @@ def wrk(url: str, token: str, duration: int, connections: int) -> dict[str, floa
     return figures
 
 
+def open_loop(url: str, token: str, duration: int, rate: float) -> dict[str, float]:
+    """bench/openloop.py on CPU 1 at real-time priority: p50/p99 from each request's due time."""
+    output = subprocess.run(
+        ["chrt", "-f", "50", "taskset", "-c", "1", sys.executable, str(ROOT / "bench" / "openloop.py"), url,
+         "--rate", f"{rate:.1f}", "--duration", str(duration), "--header", f"Authorization: Bearer {token}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    figures = json.loads(output)
+    return {"50%": figures["p50"], "99%": figures["p99"], "rps": figures["rate"], "non2xx": figures["errors"],
+            "socket_errors": ", ".join(figures["error_kinds"])}  # fmt: skip
+
+
+PHASES = ("idle", "noload", "split", "paced", "curve", "allinone")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--executions", type=int, default=5000)
-    parser.add_argument("--duration", type=int, default=15, help="seconds of load per phase")
-    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=15, help="seconds of load per measurement")
+    parser.add_argument("--connections", type=int, default=4, help="wrk's connections (closed loop)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="open-loop requests/s (default: half the idle closed loop's)"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=None, help="WORKER_MODE_PACING_BUDGET when paced (default: the app's)"
+    )
+    parser.add_argument("--budgets", default="0.1,0.25,1",
+                        help="budgets of the closed-loop curve (comma-separated)")  # fmt: skip
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"a subset of {','.join(PHASES)}")
     parser.add_argument(
         "--db-cpus", default="1", help="CPUs of PostgreSQL (taskset list; default: the workers' CPU)"
     )
     parser.add_argument("--path", default="/api/tasks", help="the page to load (e.g. /healthz: no database)")
     args = parser.parse_args()
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if unknown := set(args.phases) - set(PHASES):
+        raise SystemExit(f"--phases: unknown {', '.join(sorted(unknown))}; phases: {', '.join(PHASES)}")
+    try:
+        args.budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    except ValueError:
+        raise SystemExit("--budgets: numbers, e.g. 0.1,0.25,1") from None
     if os.cpu_count() < 2 or not shutil.which("wrk") or os.geteuid() != 0:
         raise SystemExit("needs 2 CPUs, wrk (apt-get install wrk) and root")
     os.sched_setaffinity(0, {1})  # this process prepares backlogs: keep it off the request node's CPU
@@ -231,10 +274,13 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
     from async_tasks import tasks
     from async_tasks.models import AsyncTask
     from catalog.models import Product
+    from worker_mode import pacing
+    from worker_mode.conf import conf
     from worker_mode.queues import get_connection
     from workflows import triggers
     from workflows.models import Execution
 
+    default_budget = conf.WORKER_MODE_PACING_BUDGET if args.budget is None else args.budget
     user = User.objects.create_superuser("bench", "bench@example.com", "pw-bench-12345")
     _, token = ApiToken.issue(user, "isolation")
     for _ in range(20):  # something for the page to list
@@ -253,7 +299,8 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
             cursor.execute("TRUNCATE catalog_product RESTART IDENTITY CASCADE")
         Execution.objects.all().delete()
         AsyncTask.objects.filter(kind="import").delete()
-        get_connection("workflow:process").flushdb()
+        for key in ("workflow:process", "async-task:process"):
+            get_connection(key).delete(f"rq:queue:{key}")
         Product.objects.bulk_create(
             Product(sku=f"W-{i:04d}", name="w", price=Decimal(1), quantity=10**9) for i in range(1000)
         )
@@ -266,65 +313,136 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
         task = AsyncTask.objects.filter(kind="import").first()
         return (task.done if task else 0), Execution.objects.filter(status="resolved").count()
 
-    def measure(label: str) -> dict:
+    def show(label: str, figures: dict) -> dict:
+        errors = f", non-2xx {figures['non2xx']}" if figures.get("non2xx") else ""
+        errors += f", socket errors {figures['socket_errors']}" if figures.get("socket_errors") else ""
+        load = ""
+        if "99%" in figures:
+            load = (
+                f"{figures['rps']:5.0f} req/s  p50 {figures['50%']:6.1f} ms  p99 {figures['99%']:6.1f} ms  "
+            )
+        pace = f"; pace {figures['pace']}" if figures.get("pace") else ""
+        done = f"{figures['rows']:,} rows, {figures['executions']:,} executions" if "rows" in figures else "-"
+        print(f"{label:<44} {load}backlog done: {done}{errors}{pace}", flush=True)
+        return figures
+
+    def paces() -> str:
+        try:
+            services = pacing.report()["services"]
+        except Exception:  # noqa: BLE001 (a figure for the reader, not the run)
+            return ""
+        return ", ".join(f"{key} {row['pace']:.0%}" for key, row in sorted(services.items()))
+
+    def measure(label: str, load: str) -> dict:
         before = progress()
-        figures = wrk(url, token, args.duration, args.connections)
+        if load == "closed":
+            figures = wrk(url, token, args.duration, args.connections)
+        elif load == "open":
+            figures = open_loop(url, token, args.duration, rate)
+        else:
+            time.sleep(args.duration)
+            figures = {}
+        figures["pace"] = paces()
         after = progress()
         figures["rows"], figures["executions"] = after[0] - before[0], after[1] - before[1]
-        errors = f", non-2xx {figures['non2xx']}" + (
-            f", socket errors {figures['socket_errors']}" if figures["socket_errors"] else ""
-        )
-        done = f"{figures['rows']:,} rows, {figures['executions']:,} executions"
-        latency = f"p50 {figures['50%']:6.1f} ms  p99 {figures['99%']:6.1f} ms"
-        print(
-            f"{label:<52} {figures['rps']:5.0f} req/s  {latency}{errors}; backlog done in the window: {done}",
-            flush=True,
-        )
-        return figures
+        return show(label, figures)
+
+    def start_workers(worker_mode: str, budget: float, cpu: int = 1, port: int | None = None) -> Node:
+        node_env = {**env, "WORKER_MODE_PACING_BUDGET": str(budget)}
+        node = Node(cpu, worker_mode, node_env, "--bind", f"127.0.0.1:{port or free_port()}")
+        nodes.append(node)
+        return node
+
+    def stop(node: Node) -> None:
+        node.stop()
+        nodes.remove(node)
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
         f"Django {django.get_version()}; PostgreSQL 15 (CPUs {args.db_cpus}) and Redis private"
     )
     print(
-        f"load: wrk, {args.connections} connections, {args.duration} s per phase, "
-        f"GET {args.path} (token auth); "
-        f"backlog: import of {args.rows:,} rows + {args.executions:,} workflow executions"
+        f"page: GET {args.path} (token auth); closed loop: wrk, {args.connections} connections; "
+        f"{args.duration} s per measurement; backlog: import of {args.rows:,} rows + "
+        f"{args.executions:,} workflow executions; pacing budget {default_budget} (curve: "
+        f"{', '.join(map(str, args.budgets))})"
     )
 
-    # 1. idle
-    web = Node(0, "!", env, "--bind", f"127.0.0.1:{web_port}")
+    # The request node runs through every split phase (pacing on: it publishes its pressure).
+    web = Node(0, "!", {**env, "WORKER_MODE_PACING_BUDGET": str(default_budget or 0.5)},
+               "--bind", f"127.0.0.1:{web_port}")  # fmt: skip
     nodes.append(web)
     wait_port(web_port)
     time.sleep(2)
-    wrk(url, token, 3, args.connections)  # warm-up
-    idle = measure("1. idle: request node '!' on CPU 0")
+    wrk(url, token, 3, args.connections)  # warm-up (and the idle baselines it teaches)
+    results: dict[str, dict] = {}
+    idle_closed = measure("1. idle, closed loop", "closed")
+    rate = args.rate or round(idle_closed["rps"] / 2, 1)
+    print(f"   open-loop rate: {rate} requests/s (half the idle closed-loop throughput unless --rate)")
+    results["idle"] = {"closed": idle_closed, "open": measure("1. idle, open loop", "open")}
 
-    # 2. split: the backlog on the worker node (CPU 1)
-    backlog()
-    worker_port = free_port()
-    workers = Node(1, "workflow:process,async-task:process", env, "--bind", f"127.0.0.1:{worker_port}")
-    nodes.append(workers)
-    time.sleep(4)  # workers started and busy
-    split = measure("2. split: backlog on the worker node, CPU 1")
-    workers.stop()
-    nodes.remove(workers)
-    web.stop()
-    nodes.remove(web)
+    def phase(label: str, budget: float, loads: tuple[str, ...]) -> dict[str, dict]:
+        backlog()
+        workers = start_workers("workflow:process,async-task:process", budget)
+        time.sleep(4)  # workers started and busy
+        out = {load: measure(f"{label}, {load}" + (" loop" if load != "none" else " (no requests)"), load)
+               for load in loads}  # fmt: skip
+        stop(workers)
+        return out
 
-    # 3. all-in-one on CPU 0
-    backlog()
-    allinone = Node(0, "", env, "--bind", f"127.0.0.1:{web_port}")
-    nodes.append(allinone)
-    wait_port(web_port)
-    time.sleep(4)
-    mixed = measure("3. all-in-one: same backlog, WORKER_MODE '' on CPU 0")
+    if "noload" in args.phases:
+        results["noload"] = phase("2. no request load, unpaced", 0, ("none",))
+        results["noload_paced"] = phase(
+            f"2. no request load, paced {default_budget}", default_budget, ("none",)
+        )
+    if "split" in args.phases:
+        results["split"] = phase("3. split, unpaced", 0, ("open", "closed"))
+    if "paced" in args.phases:
+        results["paced"] = phase(f"4. split, paced {default_budget}", default_budget, ("open", "closed"))
+    curve: list[tuple[float, dict]] = []
+    if "curve" in args.phases:
+        for budget in args.budgets:
+            curve.append((budget, phase(f"5. split, paced {budget}", budget, ("closed",))["closed"]))
+    if "allinone" in args.phases:
+        stop(web)
+        backlog()
+        allinone = start_workers("", 0, cpu=0, port=web_port)
+        wait_port(web_port)
+        time.sleep(4)
+        results["allinone"] = {
+            load: measure(f"6. all-in-one (CPU 0, unpaced), {load} loop", load) for load in ("open", "closed")
+        }
+        stop(allinone)
 
     print()
-    print(f"p99 under load / idle: split {split['99%'] / idle['99%']:.2f}x (goal <= 1.25x), "
-          f"all-in-one {mixed['99%'] / idle['99%']:.2f}x")  # fmt: skip
-    print(f"throughput under load / idle: split {split['rps'] / idle['rps']:.2f}x, "
-          f"all-in-one {mixed['rps'] / idle['rps']:.2f}x")  # fmt: skip
+
+    def ratio(phase_name: str, load: str) -> str:
+        return f"{results[phase_name][load]['99%'] / results['idle'][load]['99%']:.2f}x"
+
+    def kept(figures: dict, reference: dict) -> str:
+        rows = figures["rows"] / max(reference["rows"], 1)
+        executions = figures["executions"] / max(reference["executions"], 1)
+        return f"rows {rows:.0%}, executions {executions:.0%}"
+
+    for load in ("open", "closed"):
+        line = [f"p99 / idle, {load} loop:"]
+        for name in ("split", "paced", "allinone"):
+            if name in results:
+                line.append(f"{name} {ratio(name, load)}")
+        print("  ".join(line) + ("   (goal with pacing: <= 1.25x)" if "paced" in results else ""))
+    if "split" in results and "paced" in results:
+        for load in ("open", "closed"):
+            share = kept(results["paced"][load], results["split"][load])
+            print(f"background kept with pacing, {load} loop: {share} of unpaced (goal >= 60%)")
+    if "noload" in results:
+        share = kept(results["noload_paced"]["none"], results["noload"]["none"])
+        print(f"background kept with pacing, no requests: {share} of unpaced (goal >= 95%)")
+    if curve and "split" in results:
+        print("closed-loop curve (budget: p99 / idle, background kept of unpaced):")
+        reference = results["split"]["closed"]
+        for budget, figures in curve:
+            print(f"  {budget:>6}: {figures['99%'] / results['idle']['closed']['99%']:.2f}x  "
+                  f"{kept(figures, reference)}")  # fmt: skip
 
 
 if __name__ == "__main__":

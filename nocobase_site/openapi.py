@@ -385,11 +385,20 @@ def document() -> dict[str, Any]:
                 "owner": {"type": "string", "nullable": True},
                 "progress": {
                     "type": "object",
-                    "required": ["done", "total", "percent"],
+                    "required": ["done", "total", "percent", "yielding", "pace"],
                     "properties": {
                         "done": {"type": "integer"},
                         "total": {"type": "integer", "nullable": True},
                         "percent": {"type": "integer", "nullable": True},
+                        "yielding": {
+                            "type": "boolean",
+                            "description": "Running, and yielding the database to requests under pressure.",
+                        },
+                        "pace": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "While yielding: the share of its time the task works (0-1).",
+                        },
                     },
                 },
                 "summary": {"type": "object", "additionalProperties": {"type": "integer"}},

@@ -72,6 +72,18 @@ def env_pairs(name: str, example: str) -> dict[str, str]:
     return pairs
 
 
+def env_weights(name: str) -> dict[str, float | str]:
+    """``"async-task:process=0.5,workflow:process=0"`` -> {"async-task:process": 0.5, ...}; a value
+    that is not a number is kept as text, for the app's system check to name."""
+    weights: dict[str, float | str] = {}
+    for key, raw in env_pairs(name, "async-task:process=0.5").items():
+        try:
+            weights[key] = float(raw)
+        except ValueError:
+            weights[key] = raw
+    return weights
+
+
 def env_counts(name: str) -> dict[str, int]:
     """``"workflow:process=2,async-task:process=1"`` -> {"workflow:process": 2, ...}."""
     counts = env_pairs(name, "workflow:process=2")
@@ -125,6 +137,8 @@ from_env("WORKER_MODE_RECOVERY_INTERVAL", float)
 from_env("WORKER_MODE_REQUEUE_INTERVAL", float)
 from_env("WORKER_MODE_QUEUED_GRACE", float)
 from_env("WORKER_MODE_DATABASE_WAIT", float)
+from_env("WORKER_MODE_PACING_BUDGET", float)
+WORKER_MODE_PACING = env_weights("WORKER_MODE_PACING")
 from_env("WORKFLOWS_RECOVERY")
 from_env("WORKFLOWS_MAX_ATTEMPTS", int)
 from_env("ASYNC_TASKS_RECOVERY")

@@ -59,7 +59,7 @@ def test_import_answers_202_runs_on_the_queue_and_downloads_errors(ann):
     detail = ann.get(f"/api/tasks/{body['id']}").json()
     assert detail["status"] == "succeeded"
     assert detail["summary"] == {"created": 3, "updated": 0, "skipped": 0, "failed": 1}
-    assert detail["progress"] == {"done": 4, "total": 4, "percent": 100}
+    assert detail["progress"] == {"done": 4, "total": 4, "percent": 100, "yielding": False, "pace": None}
     report = ann.get(detail["links"]["errors"])
     assert report.status_code == 200
     assert report["Content-Disposition"] == f'attachment; filename="product-import-{body["id"]}-errors.csv"'

@@ -242,6 +242,43 @@ def check_worker_settings(app_configs: Iterable[Any] | None = None, **kwargs: An
     return errors
 
 
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+@register(Tags.compatibility)
+def check_pacing(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E017: the pacing budget. E018: the pacing weights per service key."""
+    budget = conf.WORKER_MODE_PACING_BUDGET
+    errors = _unless(
+        _is_rate(budget),
+        f"WORKER_MODE_PACING_BUDGET must be a number >= 0, not {budget!r}.",
+        "Seconds of database time per second the cluster's background work may spend while requests "
+        "are under full pressure, e.g. 0.5; 0 turns pacing off.",
+        "worker_mode.E017",
+    )
+    weights = conf.WORKER_MODE_PACING
+    if not isinstance(weights, dict):
+        return [
+            *errors,
+            Error(
+                "WORKER_MODE_PACING must be a dict.",
+                hint='For example {"async-task:process": 0.5, "workflow:process": 0} (0 opts a key out).',
+                id="worker_mode.E018",
+            ),
+        ]
+    for key, weight in weights.items():
+        if key not in services:
+            errors.append(_unknown_key("WORKER_MODE_PACING", key, "worker_mode.E018"))
+        errors += _unless(
+            _is_rate(weight),
+            f"WORKER_MODE_PACING[{key!r}] must be a number >= 0, not {weight!r}.",
+            "A weight: 1 is the default, 2 counts its database time half, 0 opts the key out of pacing.",
+            "worker_mode.E018",
+        )
+    return errors
+
+
 @register(Tags.compatibility)
 def check_middleware(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """W001: the middleware is missing. W002: middleware above it may answer requests."""

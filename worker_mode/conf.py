@@ -97,6 +97,15 @@ class Settings:
         return _get("WORKER_MODE_QUEUED_GRACE")
 
     @property
+    def WORKER_MODE_PACING_BUDGET(self) -> float:
+        return _get("WORKER_MODE_PACING_BUDGET")
+
+    @property
+    def WORKER_MODE_PACING(self) -> dict[str, float]:
+        value = _get("WORKER_MODE_PACING")
+        return dict(value) if isinstance(value, dict) else value  # worker_mode.E018 names the rest
+
+    @property
     def REDIS_URL(self) -> str:
         return _get("REDIS_URL")
 

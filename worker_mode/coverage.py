@@ -103,10 +103,23 @@ def warn_if_uncovered(key: str) -> None:
 
 def cluster_report() -> dict[str, Any]:
     """Everything ``workermode --cluster`` and the admin's cluster page show."""
+    from . import pacing
+
     entries = live_entries()
     status = service_status(entries)
+    paced = pacing.report()
+    for row in status:
+        weight = pacing.weight_of(row["key"])
+        pace = paced["services"].get(row["key"])
+        row["weight"] = weight
+        row["pace"] = round(pace["pace"], 3) if pace and weight > 0 else 1.0
+        row["yielding"] = pace["yielding"] if pace and weight > 0 else 0
+    for entry in entries:
+        if entry["serves_requests"]:
+            entry["pressure"] = round(paced["pressure"].get(entry["node"], 0.0), 3)
     return {
         "entries": entries,
         "services": status,
         "uncovered": [row["key"] for row in status if row["uncovered"]],
+        "pacing": {"budget": pacing.budget(), "pressure": paced["pressure"]},
     }

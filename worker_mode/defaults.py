@@ -52,6 +52,15 @@ then the interrupted batch is written again (or the work queued again or ended, 
 WORKER_MODE_QUEUED_GRACE = 10.0
 """Queued work this old (seconds) whose message is gone is enqueued again."""
 
+WORKER_MODE_PACING_BUDGET = 0.5
+"""Seconds of database time per second the background work of the whole cluster may spend while
+request nodes are under full pressure (``budget / pressure`` at less); 0 turns pacing off.
+See worker_mode.pacing."""
+
+WORKER_MODE_PACING: dict[str, float] = {}
+"""Pacing weight per service key, e.g. {"async-task:process": 0.5, "workflow:process": 0}: a second
+of a service's database time costs 1/weight of the budget; 0 opts it out. Keys not listed: 1."""
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 """The Redis the automatic RQ_QUEUES use (one queue per registered service key), and presence."""
 

@@ -8,7 +8,10 @@ the Prometheus text format with django-rq's collector (``rq_jobs{queue,status}``
 - ``worker_mode_service_nodes{service}``: live nodes whose workers serve the key;
 - ``worker_mode_service_worker_processes{service}``: their worker processes;
 - ``worker_mode_service_uncovered{service}``: 1 when jobs wait and no node serves the key;
-- ``worker_mode_node_processes{node,role}``: live node processes by role.
+- ``worker_mode_node_processes{node,role}``: live node processes by role;
+- ``worker_mode_service_pace{service}``: 1 at full speed, lower while its workers yield the
+  database to requests (``worker_mode.pacing``);
+- ``worker_mode_request_pressure{node}``: a request node's published pressure, 0 to 1.
 
 Access: ``Authorization: Bearer <WORKER_MODE_METRICS_TOKEN>`` or a staff session with
 ``worker_mode.view_cluster`` (as the Cluster page).
@@ -50,8 +53,19 @@ class ClusterCollector:
         node_processes = GaugeMetricFamily(
             "worker_mode_node_processes", "Live node processes by node and role", labels=["node", "role"]
         )
+        pace = GaugeMetricFamily(
+            "worker_mode_service_pace",
+            "Share of the time the service's workers work rather than yield to requests (1: full speed)",
+            labels=["service"],
+        )
+        pressure = GaugeMetricFamily(
+            "worker_mode_request_pressure", "Request pressure a request node publishes (0-1)", labels=["node"]
+        )
+        for node, level in sorted(report["pacing"]["pressure"].items()):
+            pressure.add_metric([node], level)
         for row in report["services"]:
             key = row["key"]
+            pace.add_metric([key], row["pace"])
             queued.add_metric([key], row["queued"])
             nodes.add_metric([key], len(row["nodes"]))
             serving = [e for e in report["entries"] if e["role"] == "workers" and key in e["services"]]
@@ -62,7 +76,7 @@ class ClusterCollector:
             counts[(entry["node"], entry["role"])] = counts.get((entry["node"], entry["role"]), 0) + 1
         for (node, role), count in sorted(counts.items()):
             node_processes.add_metric([node, role], count)
-        yield from (queued, nodes, processes, uncovered, node_processes)
+        yield from (queued, nodes, processes, uncovered, node_processes, pace, pressure)
 
 
 _registry: CollectorRegistry | None = None

@@ -1,13 +1,16 @@
-"""Answer 503 on nodes whose WORKER_MODE does not serve HTTP requests."""
+"""Answer 503 on nodes whose WORKER_MODE does not serve HTTP requests; count the requests it does
+serve, for pacing (``worker_mode.pacing``: background work yields the database while they wait)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from . import pacing
 from .conf import conf
 
 
@@ -16,6 +19,17 @@ def is_exempt(path: str, exempt_paths: tuple[str, ...]) -> bool:
     return any(
         path == exempt or (exempt.endswith("/") and path.startswith(exempt)) for exempt in exempt_paths
     )
+
+
+def _view(request: HttpRequest) -> str:
+    """The view's route pattern (a bounded set, unlike paths), for its latency baseline."""
+    match = getattr(request, "resolver_match", None)
+    return getattr(match, "route", None) or getattr(match, "view_name", None) or "-"
+
+
+def counted(request: HttpRequest) -> bool:
+    """Requests that make pressure: not the health and metrics probes (the exempt paths)."""
+    return pacing.budget() > 0 and not is_exempt(request.path_info, conf.WORKER_MODE_EXEMPT_PATHS)
 
 
 def rejection(request: HttpRequest) -> HttpResponse | None:
@@ -53,7 +67,29 @@ class WorkerModeMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self.async_mode:
             return self.__acall__(request)
-        return rejection(request) or self.get_response(request)
+        refused = rejection(request)
+        if refused is not None:
+            return refused
+        if not counted(request):
+            return self.get_response(request)
+        pressure = pacing.request_pressure()
+        started = time.monotonic()
+        pressure.started()
+        try:
+            return self.get_response(request)
+        finally:
+            pressure.finished(_view(request), time.monotonic() - started)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        return rejection(request) or await self.get_response(request)
+        refused = rejection(request)
+        if refused is not None:
+            return refused
+        if not counted(request):
+            return await self.get_response(request)
+        pressure = pacing.request_pressure()
+        started = time.monotonic()
+        pressure.started()
+        try:
+            return await self.get_response(request)
+        finally:
+            pressure.finished(_view(request), time.monotonic() - started)

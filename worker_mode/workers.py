@@ -24,7 +24,7 @@ from redis import RedisError
 from rq import SimpleWorker, Worker
 from rq.worker import WorkerStatus
 
-from . import presence
+from . import pacing, presence
 from .cluster import set_current_worker_name
 from .conf import conf
 from .exceptions import WorkerModeError
@@ -132,7 +132,16 @@ class FewerRoundTrips:
         super().check_for_suspension(burst)  # type: ignore[misc]
 
 
-class DjangoWorker(DatabaseHygiene, FewerRoundTrips, SimpleWorker):
+class Paced:
+    """Every job runs under ``worker_mode.pacing``: its database time is charged to the cluster's
+    background budget, and the worker yields after it while request nodes are under pressure."""
+
+    def perform_job(self, job: Any, queue: Any) -> Any:
+        with pacing.job(job.origin):  # the queue's name is the service key
+            return super().perform_job(job, queue)  # type: ignore[misc]
+
+
+class DjangoWorker(DatabaseHygiene, FewerRoundTrips, Paced, SimpleWorker):
     """Runs jobs in the worker process itself: no fork per job, so no fork cost.
 
     Isolation comes from the supervisor instead: a process that dies is
@@ -158,7 +167,7 @@ class DjangoWorker(DatabaseHygiene, FewerRoundTrips, SimpleWorker):
         self._default_heartbeat_at = time.monotonic()
 
 
-class DjangoForkWorker(DatabaseHygiene, FewerRoundTrips, Worker):
+class DjangoForkWorker(DatabaseHygiene, FewerRoundTrips, Paced, Worker):
     """rq's forking worker (a work horse per job), with Django connections closed before each fork."""
 
     def fork_work_horse(self, job: Any, queue: Any) -> None:

@@ -82,5 +82,18 @@ class Command(BaseCommand):
             flag = "  <- UNCOVERED: queued work, no live node serves it" if row["uncovered"] else ""
             self.stdout.write(
                 f"  {row['key']:<22} queued {row['queued']:<6} running {row['running']:<4} "
-                f"failed {row['failed']:<5} nodes {nodes}{flag}"
+                f"failed {row['failed']:<5} nodes {nodes}  {_pace(row)}{flag}"
             )
+        pressure = report.get("pacing", {}).get("pressure", {})
+        self.stdout.write(
+            "Request pressure: "
+            + (", ".join(f"{node} {level:.2f}" for node, level in sorted(pressure.items())) or "none")
+        )
+
+
+def _pace(row: dict) -> str:
+    if row.get("weight") == 0:
+        return "pace: not paced (weight 0)"
+    if row.get("yielding"):
+        return f"pace {row['pace']:.0%} ({row['yielding']} process(es) yielding to requests)"
+    return "pace: full speed"

@@ -1,0 +1,289 @@
+"""Pacing: request nodes publish pressure; background work charges its database time to one shared
+budget and yields while there is pressure; no pressure or pacing off = no yielding.
+
+These check the mechanism only (what is published, who waits, who does not); how much it buys in
+request latency is measured by bench/isolation.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+import time
+
+import pytest
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django.test import override_settings
+
+from tests.conftest import check_error_codes, free_port, http_get, wait_for_http, wait_until
+from worker_mode import pacing
+
+PACED = {"WORKER_MODE": "", "WORKER_MODE_PACING_BUDGET": 0.5}
+
+
+@pytest.fixture
+def fresh(redis_conn):
+    """A new Pacer and Pressure for this process, and no state left in Redis."""
+    pacing._forget()
+    yield redis_conn
+    pacing._forget()
+
+
+def press(level: float = 1.0, node: str = "web-test", ttl: float = 30.0) -> None:
+    """Publish request pressure as a request process does (a long TTL: tests take their time)."""
+    pacing._script(pacing._PRESSURE_SCRIPT)(
+        keys=[pacing.PRESSURE_KEY, pacing.BUDGET_KEY], args=[f"{node}:1", f"{level}", int(ttl * 1000)]
+    )
+
+
+def spend(pacer: pacing.Pacer, seconds: float) -> None:
+    """Database time, as the meter counts it."""
+    with pacer.meter.measure():
+        time.sleep(seconds)
+
+
+def tat(redis_conn) -> float:
+    value = redis_conn.hget(pacing.BUDGET_KEY, "tat")
+    return float(value) if value else 0.0
+
+
+# -- request pressure ---------------------------------------------------------------------------
+
+
+def test_the_level_is_the_busy_share_raised_by_latency_over_the_idle_baseline():
+    pressure = pacing.Pressure()
+    pressure._thread = object()  # no publishing thread in this test
+    assert pressure.sample() == 0.0  # no request: no pressure
+    pressure.background_active = False  # idle: requests teach the baseline
+    for _ in range(5):
+        pressure.started()
+        pressure.finished("api/tasks", 0.010)
+    assert pressure.baselines["api/tasks"] == pytest.approx(0.010)
+    pressure.sample()
+    pressure.background_active = True  # now requests are measured against it, not learned from
+    pressure.started()
+    time.sleep(0.05)
+    level_at_baseline = pressure.sample()  # busy the whole window: share 1
+    pressure.finished("api/tasks", 0.010)
+    assert level_at_baseline == pytest.approx(1.0, abs=0.01)
+    assert pressure.baselines["api/tasks"] == pytest.approx(0.010)  # unchanged while background ran
+    pressure.sample()
+    pressure._window_start -= 1.0  # a one-second window...
+    pressure.started()
+    pressure.finished("api/tasks", 0.015)  # ...with a request 1.5x its idle baseline...
+    pressure._busy = 0.25  # ...busy a quarter of it: the share 0.25, raised by the inflation
+    assert pressure.sample() == pytest.approx(0.25 * (1 + 0.5 / pacing.LATENCY_SPAN), abs=0.01)
+
+
+@override_settings(**PACED)
+def test_requests_publish_pressure_and_probes_do_not(client, fresh):
+    pressure = pacing._pressure = pacing.Pressure()
+    pressure._thread = object()  # published by the test, not by the thread
+    client.get("/healthz")
+    assert pressure.sample() == 0.0  # health probes make no pressure
+    client.get("/admin/login/")
+    pressure._window_start -= 0.01
+    pressure.publish()
+    report = pacing.report()
+    node = pacing.member().rsplit(":", 1)[0]
+    assert report["pressure"][node] > 0
+    pressure.publish()  # a quiet window takes the entry back
+    assert node not in pacing.report()["pressure"]
+
+
+@override_settings(WORKER_MODE="", WORKER_MODE_PACING_BUDGET=0)
+def test_pacing_off_counts_no_request(client, fresh):
+    client.get("/admin/login/")
+    assert pacing._pressure is None
+    assert fresh.hlen(pacing.PRESSURE_KEY) == 0
+
+
+# -- the pace of background work ----------------------------------------------------------------
+
+
+@override_settings(**PACED)
+def test_no_pressure_no_charge_and_no_wait(fresh):
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        spend(pacer, 0.05)
+    assert pacer.yielding is False and pacer.pace == 1.0
+    assert tat(fresh) == 0.0  # nothing charged
+    assert fresh.hget(pacing.BUDGET_KEY, "active")  # but background work is known to run
+
+
+@override_settings(**PACED)
+def test_pressure_applies_a_pace_and_its_end_lifts_it(fresh):
+    press(1.0)
+    pacer = pacing.pacer()
+    with pacer.job("async-task:process"):
+        spend(pacer, 0.1)  # 0.1 s of database time at a budget of 0.5 s/s: ~0.2 s to yield
+        waited = pacer.checkpoint()
+        assert waited > 0 and pacer.yielding
+        assert pacer.pace < 1 and pacing.current_pace() is not None
+        assert pacing.report()["services"]["async-task:process"]["pace"] < 1
+        fresh.delete(pacing.PRESSURE_KEY)  # the requests are gone
+        spend(pacer, 0.1)
+        assert pacer.checkpoint() == 0.0
+    assert pacer.pace == 1.0 and pacing.current_pace() is None
+    assert "async-task:process" not in pacing.report()["services"]  # full speed again
+
+
+@override_settings(**PACED)
+def test_the_budget_is_shared_across_services(fresh):
+    press(1.0)
+    imports, executions = pacing.Pacer(), pacing.Pacer()
+    imports.service = "async-task:process"
+    imports._pending = 0.2  # an import batch's 0.2 s of database time, charged without yielding here
+    imports._sync(pacing.budget())  # the shared budget is now ahead by ~0.4 s
+    with executions.job("workflow:process"):
+        spend(executions, 0.001)  # a tiny execution of another service...
+    assert executions.yielding  # ...still waits: the import already spent the cluster's budget
+
+
+@override_settings(WORKER_MODE_PACING={"async-task:process": 0, "workflow:process": 2}, **PACED)
+def test_a_weight_scales_the_charge_and_zero_opts_out(fresh):
+    press(1.0)
+    opted_out = pacing.Pacer()
+    with opted_out.job("async-task:process"):
+        spend(opted_out, 0.1)
+    assert not opted_out.yielding and tat(fresh) == 0.0  # weight 0: never charged, never waits
+    light = pacing.Pacer()
+    light.service, light.weight = "workflow:process", pacing.weight_of("workflow:process")
+    before = time.time() * 1000
+    light._pending = 0.1 / light.weight  # what checkpoint() charges for 0.1 s at weight 2
+    light._sync(pacing.budget())
+    ahead = tat(fresh) - before
+    assert 50 <= ahead < 150  # 0.05 s at 0.5 s/s = 100 ms of the budget's clock, not 200
+
+
+@override_settings(WORKER_MODE="", WORKER_MODE_PACING_BUDGET=0)
+def test_budget_zero_turns_pacing_off_under_pressure(fresh):
+    press(1.0)
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        spend(pacer, 0.05)
+    assert not pacer.yielding and tat(fresh) == 0.0
+
+
+@override_settings(**PACED)
+def test_outside_a_job_a_checkpoint_does_nothing(fresh):
+    press(1.0)
+    pacer = pacing.Pacer()
+    spend(pacer, 0.05)
+    assert pacer.checkpoint() == 0.0 and tat(fresh) == 0.0
+
+
+@override_settings(**PACED, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+def test_without_redis_work_runs_unpaced(fresh):
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        spend(pacer, 0.01)
+    assert not pacer.yielding and pacer._failing_until > time.monotonic()
+
+
+@pytest.mark.django_db
+def test_sql_statements_of_a_job_are_metered():
+    from django.db import connection
+
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"), connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert pacer.meter.seconds > 0
+
+
+@override_settings(**PACED, WORKER_MODE_METRICS_TOKEN="t0ken")
+@pytest.mark.django_db
+def test_the_cluster_page_metrics_and_workermode_show_pace_and_pressure(admin_client, client, fresh):
+    press(0.8, node="web-a")
+    pacer = pacing.pacer()
+    with pacer.job("workflow:process"):
+        spend(pacer, 0.05)  # charged under pressure: the process yields, and says so
+    assert pacer.pace < 1
+    page = admin_client.get("/admin/worker_mode/cluster/").content.decode()
+    assert "yielding to requests" in page and "full speed" in page  # workflows yield, imports do not
+    metrics = client.get("/metrics", HTTP_AUTHORIZATION="Bearer t0ken").content.decode()
+    assert 'worker_mode_request_pressure{node="web-a"} 0.8' in metrics
+    pace = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('worker_mode_service_pace{service="workflow:process"}')
+    )
+    assert 0 < float(pace.split()[-1]) < 1
+    assert 'worker_mode_service_pace{service="async-task:process"} 1.0' in metrics
+    out = io.StringIO()
+    call_command("workermode", "--cluster", stdout=out)
+    assert "yielding to requests" in out.getvalue() and "web-a 0.80" in out.getvalue()
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [-1, "fast", float("inf"), True])
+def test_a_bad_budget_is_e017(value):
+    with override_settings(WORKER_MODE_PACING_BUDGET=value):
+        assert "worker_mode.E017" in check_error_codes(run_checks())
+
+
+@pytest.mark.parametrize(
+    "value", [{"workflow:proces": 1}, {"workflow:process": -1}, {"workflow:process": "x"}, ["x"]]
+)
+def test_bad_weights_are_e018(value):
+    with override_settings(WORKER_MODE_PACING=value):
+        assert "worker_mode.E018" in check_error_codes(run_checks())
+
+
+def test_good_pacing_settings_pass():
+    with override_settings(WORKER_MODE_PACING_BUDGET=0.3, WORKER_MODE_PACING={"workflow:process": 0}):
+        codes = check_error_codes(run_checks())
+        assert "worker_mode.E017" not in codes and "worker_mode.E018" not in codes
+
+
+# -- across real processes ----------------------------------------------------------------------
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_node_yields_while_a_request_node_is_busy(start_node, site_env, redis_conn):
+    from tests.conftest import build_workflow, shared_database_url
+    from workflows import triggers
+    from workflows.models import Execution
+
+    TOTAL = 200  # noqa: N806 (a few ms of SQLite time: more than the burst a process may run ahead)
+    env = {**site_env, "DATABASE_URL": shared_database_url(), "CONN_MAX_AGE": "0",
+           "WORKER_MODE_PACING_BUDGET": "0.002"}  # fmt: skip
+    workflow = build_workflow(
+        [{"key": "n", "type": "calculation", "config": {"expression": "{{ $context.data.n }} + 1"}}]
+    )
+    port = free_port()
+    web = start_node(["runnode", "--bind", f"127.0.0.1:{port}"], "!", **{**env, "NODE_NAME": "web"})
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", web)
+    stop = threading.Event()
+
+    def load() -> None:  # a bounded stream of requests on loopback
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                http_get(f"http://127.0.0.1:{port}/admin/login/")
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    try:
+        wait_until(lambda: pacing.report()["pressure"].get("web", 0) > 0, timeout=15)
+        for n in range(TOTAL):
+            triggers.trigger_manually(workflow, {"n": n})
+        start_node(["runworkers"], "workflow:process", **{**env, "NODE_NAME": "flows"})
+        # Under pressure the worker charges its executions and yields: its pace is published.
+        wait_until(
+            lambda: pacing.report()["services"].get("workflow:process", {}).get("yielding"), timeout=30
+        )
+        resolved_under_pressure = Execution.objects.filter(status="resolved").count()
+        assert resolved_under_pressure < TOTAL
+    finally:
+        stop.set()
+        loader.join(10)
+    # The requests stop: the pressure lapses, the pace is lifted and the rest runs at full speed.
+    wait_until(lambda: not pacing.report()["pressure"], timeout=15)
+    wait_until(lambda: Execution.objects.filter(status="resolved").count() == TOTAL, timeout=60)
+    assert "workflow:process" not in pacing.report()["services"]

@@ -1,0 +1,485 @@
+"""Background work yields the database to requests while requests are waiting for it.
+
+Splitting gives the request nodes their own CPUs, but not their own database: an import's
+COPY and the executions' writes keep the shared PostgreSQL busy, and the pages that query it
+wait. Pacing shares the database between the two, as PostgreSQL's cost-based vacuum delay does
+between maintenance and queries:
+
+- **Pressure.** Every request-serving process counts its requests (``WorkerModeMiddleware``): the
+  share of time it had one in flight, and their latency against its own idle baseline per view
+  (learned from requests served while no background work ran). A daemon thread publishes the
+  level, 0 to 1, beside the node's presence in Redis (``REDIS_URL``) every ``PUBLISH_INTERVAL``
+  while there is traffic; an entry lapses ``PRESSURE_TTL`` after its last publication.
+  ``level = busy share x (1 + latency inflation / LATENCY_SPAN)``, capped at 1.
+- **Pace.** Every rq job of a served service runs under ``job()``: the database time it spends
+  (each SQL statement, and ``measure()`` blocks such as a COPY) is charged, after the job and at
+  each ``checkpoint()`` a long job calls (an import batch, an export chunk), to one budget shared by
+  every background process of the cluster: ``WORKER_MODE_PACING_BUDGET`` seconds of database time
+  per second at full pressure, ``budget / pressure`` at lower pressure. A process whose charge runs
+  ahead of the budget sleeps at the checkpoint (outside any transaction) until it is paid; with no
+  pressure nothing is charged and nobody sleeps. ``WORKER_MODE_PACING`` weights a service (its
+  database time costs ``1 / weight``) or opts it out (weight 0).
+- **Visible.** Each paced process records its pace (the share of its time it works rather than
+  yields) for the Cluster page and ``/metrics``; an async task's progress carries it.
+
+Redis is consulted at most every ``SYNC_INTERVAL`` while there is no pressure; if it does not
+answer, background work runs unpaced (requests are never slowed by pacing's own failures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from redis import RedisError
+
+from .conf import conf
+
+logger = logging.getLogger(__name__)
+
+PRESSURE_KEY = "worker_mode:pressure"  # member -> "level expires_ms" (Redis clock)
+BUDGET_KEY = "worker_mode:pacing"  # tat (the shared budget's clock, ms), active (ms)
+PACE_KEY = "worker_mode:pace"  # member -> "service pace expires_ms"
+
+#: Seconds between a request process's publications of its pressure (while there is traffic).
+PUBLISH_INTERVAL = 0.25
+#: Seconds a published pressure holds without a newer one.
+PRESSURE_TTL = 1.0
+#: Latency inflation over the idle baseline that doubles a busy share's pressure.
+LATENCY_SPAN = 0.25
+#: Weight of a new idle sample in a view's baseline (an exponential moving average).
+BASELINE_ALPHA = 0.05
+#: Views whose baselines a process keeps (the first ones seen; the rest count by busy share only).
+MAX_BASELINES = 500
+#: Seconds between a background process's look at the pressure while there is none.
+SYNC_INTERVAL = 0.25
+#: Longest single sleep before the pressure is looked at again.
+WAIT_SLICE = 0.25
+#: Longest yield at one checkpoint: the work goes on after it whatever the budget says.
+MAX_WAIT = 10.0
+#: Database time (seconds) a process may run ahead of the budget before it yields.
+BURST = 0.005
+#: Seconds background work counts as active (for the baselines) after its last charge.
+ACTIVE_HOLD = 1.0
+#: Seconds a process's published pace holds without a newer one.
+PACE_TTL = 3.0
+#: Seconds of recent work and yielding a process's pace is computed over.
+PACE_MEMORY = 5.0
+#: Seconds pacing stays off after Redis failed to answer.
+RETRY_AFTER = 5.0
+
+# KEYS: pressure, budget, pace. ARGV: member, service, cost (ms, weighted), budget (ms per ms at full
+# pressure), burst (ms), pace, active hold (ms), pace ttl (ms).
+# Returns {wait ms, pressure} as strings (Lua numbers would be truncated to integers).
+_PACE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local pressure = 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local level, expires = string.match(entries[i + 1], '^(%S+) (%S+)$')
+  level = tonumber(level)
+  expires = tonumber(expires)
+  if not level or not expires or expires < now then
+    redis.call('HDEL', KEYS[1], entries[i])
+  elseif level > pressure then
+    pressure = level
+  end
+end
+redis.call('HSET', KEYS[2], 'active', tostring(now + tonumber(ARGV[7])))
+local budget = tonumber(ARGV[4])
+if pressure <= 0 or budget <= 0 then
+  redis.call('HDEL', KEYS[2], 'tat')
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return {'0', '0'}
+end
+local rate = budget / pressure
+local tat = tonumber(redis.call('HGET', KEYS[2], 'tat') or '0') or 0
+if tat < now then tat = now end
+tat = tat + tonumber(ARGV[3]) / rate
+redis.call('HSET', KEYS[2], 'tat', tostring(tat))
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. ARGV[6] .. ' ' .. tostring(now + tonumber(ARGV[8])))
+local wait = tat - now - tonumber(ARGV[5]) / rate
+if wait < 0 then wait = 0 end
+return {tostring(wait), tostring(pressure)}
+"""
+
+# KEYS: pressure, budget. ARGV: member, level, ttl (ms). Returns 1 while background work is active.
+_PRESSURE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. tostring(now + tonumber(ARGV[3])))
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local active = tonumber(redis.call('HGET', KEYS[2], 'active') or '0') or 0
+if active > now then return 1 end
+return 0
+"""
+
+# KEYS: pressure, pace. Returns {now ms, pressure fields and values..., '|', pace fields and values...}.
+_REPORT_SCRIPT = """
+local t = redis.call('TIME')
+local out = {tostring(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)}
+for _, value in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(out, value) end
+table.insert(out, '|')
+for _, value in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(out, value) end
+return out
+"""
+
+
+def _connection():
+    from .presence import get_connection
+
+    return get_connection()
+
+
+_scripts: dict[tuple[str, int], Any] = {}
+
+
+def _script(source: str) -> Any:
+    """``source`` registered on the presence Redis (EVALSHA, loaded again if Redis lost it)."""
+    connection = _connection()
+    script = _scripts.get((source, id(connection)))
+    if script is None:
+        script = _scripts[(source, id(connection))] = connection.register_script(source)
+    return script
+
+
+def member() -> str:
+    return f"{conf.WORKER_MODE_NODE_NAME}:{os.getpid()}"
+
+
+def budget() -> float:
+    """Seconds of background database time per second at full pressure (0: pacing is off)."""
+    value = conf.WORKER_MODE_PACING_BUDGET
+    return float(value) if _is_number(value) and value > 0 else 0.0
+
+
+def weight_of(service: str) -> float:
+    weights = conf.WORKER_MODE_PACING
+    value = weights.get(service, 1.0) if isinstance(weights, dict) else 1.0
+    return float(value) if _is_number(value) and value >= 0 else 1.0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- the request side ---------------------------------------------------------------------------
+
+
+class Pressure:
+    """This request process's load: busy share and latency over the idle baseline, published to Redis."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._busy_since: float | None = None
+        self._busy = 0.0
+        self._window_start = time.monotonic()
+        self._requests = 0
+        self._ratio_sum = 0.0
+        self._ratio_count = 0
+        self.baselines: dict[str, float] = {}
+        #: Whether background work ran lately (the last publication's answer): requests served
+        #: meanwhile do not teach the baseline. Unknown until the first answer: assume it did.
+        self.background_active = True
+        self.level = 0.0
+        self._thread: threading.Thread | None = None
+        self._failing_until = 0.0
+
+    def started(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._inflight == 0:
+                self._busy_since = now
+            self._inflight += 1
+        if self._thread is None:
+            self._start_thread()
+
+    def finished(self, view: str, seconds: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._inflight -= 1
+            if self._inflight == 0 and self._busy_since is not None:
+                self._busy += now - self._busy_since
+                self._busy_since = None
+            self._requests += 1
+            base = self.baselines.get(view)
+            if not self.background_active:
+                if base is not None:
+                    self.baselines[view] = base + BASELINE_ALPHA * (seconds - base)
+                elif len(self.baselines) < MAX_BASELINES:
+                    self.baselines[view] = seconds
+            if base:
+                self._ratio_sum += seconds / base
+                self._ratio_count += 1
+
+    def sample(self) -> float:
+        """The level over the time since the last sample (0 to 1), and a new window."""
+        now = time.monotonic()
+        with self._lock:
+            busy = self._busy
+            if self._busy_since is not None:
+                busy += now - self._busy_since
+                self._busy_since = now
+            span = max(now - self._window_start, 1e-6)
+            requests, inflight = self._requests, self._inflight
+            ratio = self._ratio_sum / self._ratio_count if self._ratio_count else 1.0
+            self._busy, self._requests, self._ratio_sum, self._ratio_count = 0.0, 0, 0.0, 0
+            self._window_start = now
+        if not requests and not inflight:
+            return 0.0
+        share = min(busy / span, 1.0)
+        return min(1.0, share * (1 + max(0.0, ratio - 1) / LATENCY_SPAN))
+
+    def publish(self) -> None:
+        level = self.sample()
+        if level <= 0 and self.level <= 0:
+            return  # nothing to say, and nothing said that needs taking back
+        now = time.monotonic()
+        if now < self._failing_until:
+            return
+        try:
+            active = _script(_PRESSURE_SCRIPT)(keys=[PRESSURE_KEY, BUDGET_KEY],
+                            args=[member(), f"{level:.4f}", int(PRESSURE_TTL * 1000)])  # fmt: skip
+        except RedisError as exc:
+            logger.warning("Could not publish request pressure (retrying in %.0f s): %s", RETRY_AFTER, exc)
+            self._failing_until = now + RETRY_AFTER
+            return
+        self.level = level
+        self.background_active = bool(active)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(PUBLISH_INTERVAL)
+            try:
+                self.publish()
+            except Exception:  # never let the thread die: pressure would silently stop
+                logger.exception("Publishing request pressure failed")
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="worker-mode-pressure", daemon=True)
+        self._thread.start()
+
+
+_pressure: Pressure | None = None
+
+
+def request_pressure() -> Pressure:
+    """This process's ``Pressure`` (one per process; a forked child starts its own)."""
+    global _pressure
+    if _pressure is None:
+        _pressure = Pressure()
+    return _pressure
+
+
+# -- the background side ------------------------------------------------------------------------
+
+
+class Meter:
+    """Database time of this process's background work: SQL statements (as an execute wrapper) and
+    ``measure()`` blocks; nested measurements count once."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._depth = 0
+        self._started = 0.0
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        if self._depth == 0:
+            self._started = time.perf_counter()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.seconds += time.perf_counter() - self._started
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        with self.measure():
+            return execute(sql, params, many, context)
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+class Pacer:
+    """Charges this process's background database time to the shared budget and yields when due."""
+
+    def __init__(self) -> None:
+        self.meter = Meter()
+        self.service: str | None = None
+        self.weight = 1.0
+        self.pressure = 0.0
+        #: The share of its time this process worked rather than yielded, lately (1: full speed).
+        self.pace = 1.0
+        self.yielding = False
+        self._pending = 0.0
+        self._synced_at = -math.inf
+        self._work_since = time.monotonic()
+        self._worked = self._waited = 0.0  # decaying sums behind ``pace``
+        self._failing_until = 0.0
+
+    @contextlib.contextmanager
+    def job(self, service: str) -> Iterator[None]:
+        """Run one job of ``service`` under pacing (the worker classes do this for every rq job)."""
+        from django.db import connections
+
+        previous, previous_weight = self.service, self.weight
+        self.service, self.weight = service, weight_of(service)
+        try:
+            with contextlib.ExitStack() as stack:
+                for connection in connections.all():
+                    stack.enter_context(connection.execute_wrapper(self.meter))
+                yield
+        finally:
+            try:
+                self.checkpoint()
+            finally:
+                self.service, self.weight = previous, previous_weight
+
+    def checkpoint(self) -> float:
+        """Charge the database time spent since the last checkpoint; yield if the budget says so.
+        Returns the seconds yielded. Call it outside transactions; outside a job it does nothing."""
+        if self.service is None:
+            return 0.0
+        cost = self.meter.take()
+        share = budget()
+        if self.weight <= 0 or share <= 0:
+            return 0.0
+        self._pending += cost / self.weight
+        now = time.monotonic()
+        if now < self._failing_until or (self.pressure <= 0 and now - self._synced_at < SYNC_INTERVAL):
+            return 0.0
+        wait = self._sync(share)
+        self._account(max(now - self._work_since, 0.0), 0.0)
+        waited = 0.0
+        deadline = now + MAX_WAIT
+        while wait > 0 and time.monotonic() < deadline:
+            self.yielding = True
+            step = min(wait, WAIT_SLICE, deadline - time.monotonic())
+            if step > 0:
+                time.sleep(step)
+                waited += step
+                self._account(0.0, step)  # the pace published at the next look says so
+            wait = self._sync(share)
+        self.yielding = waited > 0
+        self._work_since = time.monotonic()
+        return waited
+
+    def _account(self, worked: float, waited: float) -> None:
+        """``pace``: worked / (worked + yielded) over the last ``PACE_MEMORY`` seconds or so."""
+        if self.pressure <= 0:
+            self._worked = self._waited = 0.0
+            self.pace = 1.0
+            return
+        keep = math.exp(-(worked + waited) / PACE_MEMORY)
+        self._worked = self._worked * keep + worked
+        self._waited = self._waited * keep + waited
+        total = self._worked + self._waited
+        self.pace = self._worked / total if total > 0 else 1.0
+
+    def _sync(self, share: float) -> float:
+        """Charge what is pending; the seconds to yield (0 when Redis does not answer)."""
+        try:
+            wait, pressure = _script(_PACE_SCRIPT)(
+                keys=[PRESSURE_KEY, BUDGET_KEY, PACE_KEY],
+                args=[member(), self.service, f"{self._pending * 1000:.3f}", f"{share:.6f}",
+                      f"{BURST * 1000:.3f}", f"{self.pace:.3f}", int(ACTIVE_HOLD * 1000),
+                      int(PACE_TTL * 1000)],
+            )  # fmt: skip
+        except RedisError as exc:
+            logger.warning("Pacing is off for %.0f s: Redis does not answer (%s)", RETRY_AFTER, exc)
+            self._failing_until = time.monotonic() + RETRY_AFTER
+            self._pending, self.pressure = 0.0, 0.0
+            return 0.0
+        self._pending = 0.0
+        self._synced_at = time.monotonic()
+        self.pressure = float(pressure)
+        return float(wait) / 1000
+
+
+_pacer: Pacer | None = None
+
+
+def pacer() -> Pacer:
+    """This process's ``Pacer`` (one per process; a forked child starts its own)."""
+    global _pacer
+    if _pacer is None:
+        _pacer = Pacer()
+    return _pacer
+
+
+def job(service: str) -> contextlib.AbstractContextManager[None]:
+    """Run a unit of ``service``'s background work under pacing (rq jobs of worker nodes already do)."""
+    return pacer().job(service)
+
+
+def checkpoint() -> float:
+    """A long job's safe point outside transactions (an import batch, an export chunk): charge its
+    database time so far and yield if the budget says so. Seconds yielded; 0 outside a job."""
+    return pacer().checkpoint()
+
+
+def measure() -> contextlib.AbstractContextManager[None]:
+    """Count a block as database time (for database work no SQL statement shows, e.g. a COPY)."""
+    return pacer().meter.measure()
+
+
+def current_pace() -> float | None:
+    """This process's pace while it yields (0 to 1), else None (full speed)."""
+    current = pacer()
+    return round(current.pace, 3) if current.pressure > 0 and current.pace < 1 else None
+
+
+def _forget() -> None:
+    global _pacer, _pressure
+    _pacer = _pressure = None
+
+
+os.register_at_fork(after_in_child=_forget)
+
+
+# -- what the Cluster page and /metrics show -----------------------------------------------------
+
+
+def report() -> dict[str, Any]:
+    """Live pressure per request node and pace per service: ``{"pressure": {node: level},
+    "services": {key: {"pace": mean, "yielding": processes}}}`` (raises RedisError)."""
+    raw = _script(_REPORT_SCRIPT)(keys=[PRESSURE_KEY, PACE_KEY])
+    values = [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+    now = float(values[0])
+    split = values.index("|")
+    pressure: dict[str, float] = {}
+    for field, value in zip(values[1:split:2], values[2:split:2], strict=True):
+        level, _, expires = value.partition(" ")
+        if float(expires) >= now:
+            node = field.rsplit(":", 1)[0]
+            pressure[node] = max(pressure.get(node, 0.0), float(level))
+    paces: dict[str, list[float]] = {}
+    for _field, value in zip(values[split + 1 :: 2], values[split + 2 :: 2], strict=True):
+        service, pace, expires = value.split(" ")
+        if float(expires) >= now:
+            paces.setdefault(service, []).append(float(pace))
+    return {
+        "pressure": pressure,
+        "services": {
+            key: {"pace": sum(items) / len(items), "yielding": sum(1 for p in items if p < 1)}
+            for key, items in paces.items()
+        },
+    }
