@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -267,6 +268,8 @@ class Importer:
         self._keys: set[Any] = set()
         # The transaction id and outcome of the batch being committed (see _lost_batch).
         self._committing: tuple[int | None, _Outcome] | None = None
+        # The size of the next batch: batch_size, or smaller while pacing yields to requests.
+        self._size = batch_size
 
     def run(self, rows: Iterable[tuple[int, list[Any]]]) -> Summary:
         try:
@@ -313,7 +316,7 @@ class Importer:
                     self.flush()
                 self._keys.add(row.key)
             self._batch.append(row)
-            if len(self._batch) >= self.batch_size:
+            if len(self._batch) >= self._size:
                 self.flush()
 
     # -- errors -------------------------------------------------------------------------
@@ -334,9 +337,11 @@ class Importer:
         # unless its COMMIT reached the server (only the answer was lost): its counts and errors
         # apply once, when it has committed.
         if batch:
+            started = time.perf_counter()
             self._record(
                 retry_after_database_loss(lambda: self._write_batch(batch), committed=self._lost_batch)
             )
+            self._size = pacing.unit_size(len(batch), time.perf_counter() - started, self.batch_size)
         elif self.fence is not None:
             retry_after_database_loss(lambda: self.fence(self.summary))
         if self.progress is not None:

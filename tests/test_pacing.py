@@ -217,6 +217,107 @@ def test_the_cluster_page_metrics_and_workermode_show_pace_and_pressure(admin_cl
     assert "yielding to requests" in out.getvalue() and "web-a 0.80" in out.getvalue()
 
 
+@pytest.mark.django_db
+def test_a_yielding_task_says_so_in_the_api_and_the_admin(admin_client, admin_user):
+    from async_tasks.models import AsyncTask
+
+    running = AsyncTask.objects.create(kind="import", model="catalog.Product", format="csv", owner=admin_user,
+                                       status="running", done=10, total=100, pace=0.42)  # fmt: skip
+    progress = admin_client.get(f"/api/tasks/{running.pk}").json()["progress"]
+    assert (progress["yielding"], progress["pace"]) == (True, 0.42)
+    page = admin_client.get("/admin/async_tasks/asynctask/").content.decode()
+    assert "yielding to requests (at 42% of full speed)" in page
+    running.status, running.pace = "succeeded", None
+    running.save()
+    progress = admin_client.get(f"/api/tasks/{running.pk}").json()["progress"]
+    assert (progress["yielding"], progress["pace"]) == (False, None)
+
+
+@override_settings(**PACED)
+@pytest.mark.django_db(transaction=True)
+def test_an_import_in_a_worker_yields_between_batches_under_pressure(fresh, admin_user, task_storage):
+    from async_tasks import tasks
+    from tests.conftest import product_csv
+    from worker_mode import get_queue
+    from worker_mode.queues import get_connection
+    from worker_mode.workers import DjangoWorker
+
+    press(1.0)
+    with override_settings(ASYNC_TASKS_BATCH_SIZE=50, WORKER_MODE_PACING_BUDGET=0.1):
+        task = tasks.create_import(admin_user, "catalog.Product", io.BytesIO(product_csv(600)), name="p.csv")
+        other = pacing.Pacer()  # another background process has just spent the cluster's budget
+        other.service, other._pending = "workflow:process", 0.05
+        other._sync(pacing.budget())
+        pacer = pacing.pacer()
+        seen: list[float | None] = []
+        original = pacer.checkpoint
+
+        def checkpoint() -> float:
+            waited = original()
+            if waited:  # one yield is enough to see: then the requests end
+                seen.append(pacing.current_pace())
+                fresh.delete(pacing.PRESSURE_KEY)
+            return waited
+
+        pacer.checkpoint = checkpoint
+        try:
+            key = "async-task:process"  # the site's worker class: every job runs under pacing.job()
+            DjangoWorker([get_queue(key)], connection=get_connection(key)).work(burst=True)
+        finally:
+            del pacer.checkpoint
+    task.refresh_from_db()
+    assert task.status == "succeeded" and task.done == 600
+    assert seen and seen[0] is not None and seen[0] < 1  # it yielded between batches, and said so
+
+
+@override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
+@pytest.mark.django_db(transaction=True)  # the batch's transaction is the real one, not a savepoint
+def test_listed_keys_commit_without_waiting_for_the_flush_under_pressure_only(fresh):
+    from django.db import connection, transaction
+
+    from tests.conftest import is_postgres
+    from worker_mode.claims import transaction_id
+
+    if not is_postgres():
+        pytest.skip("synchronous_commit is PostgreSQL's; on SQLite the wrapper does nothing")
+
+    def setting() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    press(1.0)
+    pacer = pacing.Pacer()
+    pacer.pressure = 1.0  # as after its last look at Redis
+    with pacer.job("workflow:process"):
+        assert setting() == "off"
+        with transaction.atomic():
+            transaction_id()  # a commit whose outcome may be asked about is durable all the same
+            assert setting() == "on"
+        assert setting() == "off"
+    with pacer.job("async-task:process"):  # not listed
+        assert setting() == "on"
+    fresh.delete(pacing.PRESSURE_KEY)
+    pacer.pressure = 0.0
+    with pacer.job("workflow:process"):  # no pressure: durable again
+        assert setting() == "on"
+
+
+@override_settings(**PACED)
+def test_units_shrink_to_a_target_duration_only_while_yielding(fresh):
+    pacer = pacing.pacer()
+    assert pacing.unit_size(2000, 0.2, 2000) == 2000  # outside a job
+    pacer.service, pacer.pressure = "async-task:process", 1.0
+    try:
+        assert pacing.unit_size(2000, 0.2, 2000) == 200  # 0.02 s is a tenth of 0.2 s
+        assert pacing.unit_size(200, 0.001, 2000) == 2000  # never above the configured size
+        assert pacing.unit_size(100, 1.0, 2000) == pacing.MIN_UNIT
+        pacer.pressure = 0.0
+        assert pacing.unit_size(200, 0.2, 2000) == 2000  # full speed again
+    finally:
+        pacer.service = None
+
+
 # -- settings -----------------------------------------------------------------------------------
 
 
@@ -234,10 +335,20 @@ def test_bad_weights_are_e018(value):
         assert "worker_mode.E018" in check_error_codes(run_checks())
 
 
+@pytest.mark.parametrize("value", [["workflow:proces"], "workflow:process", [1]])
+def test_bad_async_commit_keys_are_e019(value):
+    with override_settings(WORKER_MODE_PACING_ASYNC_COMMIT=value):
+        assert "worker_mode.E019" in check_error_codes(run_checks())
+
+
 def test_good_pacing_settings_pass():
-    with override_settings(WORKER_MODE_PACING_BUDGET=0.3, WORKER_MODE_PACING={"workflow:process": 0}):
+    with override_settings(
+        WORKER_MODE_PACING_BUDGET=0.3,
+        WORKER_MODE_PACING={"workflow:process": 0},
+        WORKER_MODE_PACING_ASYNC_COMMIT=["async-task:process"],
+    ):
         codes = check_error_codes(run_checks())
-        assert "worker_mode.E017" not in codes and "worker_mode.E018" not in codes
+        assert not {"worker_mode.E017", "worker_mode.E018", "worker_mode.E019"} & set(codes)
 
 
 # -- across real processes ----------------------------------------------------------------------

@@ -248,7 +248,7 @@ def _is_rate(value: Any) -> bool:
 
 @register(Tags.compatibility)
 def check_pacing(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E017: the pacing budget. E018: the pacing weights per service key."""
+    """E017: the pacing budget. E018: the pacing weights per service key. E019: relaxed commits."""
     budget = conf.WORKER_MODE_PACING_BUDGET
     errors = _unless(
         _is_rate(budget),
@@ -276,6 +276,18 @@ def check_pacing(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
             "A weight: 1 is the default, 2 counts its database time half, 0 opts the key out of pacing.",
             "worker_mode.E018",
         )
+    relaxed = conf.WORKER_MODE_PACING_ASYNC_COMMIT
+    if not isinstance(relaxed, tuple) or not all(isinstance(key, str) for key in relaxed):
+        errors.append(
+            Error(
+                "WORKER_MODE_PACING_ASYNC_COMMIT must be a list of service keys.",
+                hint='For example ["workflow:process"]; empty (the default) keeps every commit durable.',
+                id="worker_mode.E019",
+            )
+        )
+    else:
+        errors += [_unknown_key("WORKER_MODE_PACING_ASYNC_COMMIT", k, "worker_mode.E019") for k in relaxed
+                   if k not in services]  # fmt: skip
     return errors
 
 

@@ -593,7 +593,11 @@ def transaction_id(using: str = DEFAULT_DB_ALIAS) -> int | None:
     if connection.vendor != "postgresql" or not connection.in_atomic_block:
         return None
     with connection.cursor() as cursor:
-        cursor.execute("SELECT txid_current()")
+        # This commit must be durable when it returns, whatever the session says (pacing may relax
+        # a background session's commits): an answer lost with the connection is asked about later,
+        # and only a flushed commit keeps its transaction id from being handed out again by a
+        # database that crashed meanwhile.
+        cursor.execute("SELECT txid_current(), set_config('synchronous_commit', 'on', true)")
         return cursor.fetchone()[0]
 
 

@@ -106,6 +106,11 @@ class Settings:
         return dict(value) if isinstance(value, dict) else value  # worker_mode.E018 names the rest
 
     @property
+    def WORKER_MODE_PACING_ASYNC_COMMIT(self) -> tuple[str, ...]:
+        value = _get("WORKER_MODE_PACING_ASYNC_COMMIT")
+        return tuple(value) if isinstance(value, (list, tuple)) else value  # worker_mode.E019 names the rest
+
+    @property
     def REDIS_URL(self) -> str:
         return _get("REDIS_URL")
 

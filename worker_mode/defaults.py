@@ -61,6 +61,12 @@ WORKER_MODE_PACING: dict[str, float] = {}
 """Pacing weight per service key, e.g. {"async-task:process": 0.5, "workflow:process": 0}: a second
 of a service's database time costs 1/weight of the budget; 0 opts it out. Keys not listed: 1."""
 
+WORKER_MODE_PACING_ASYNC_COMMIT: tuple[str, ...] = ()
+"""Service keys whose jobs, when they start while requests are under pressure, commit without waiting
+for PostgreSQL's WAL flush (synchronous_commit off): the requests' commits stop queuing behind a
+flush per background transaction. On a database crash the last moments of those commits are lost
+and recovery runs that work again. Empty: every commit is durable when it returns."""
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 """The Redis the automatic RQ_QUEUES use (one queue per registered service key), and presence."""
 

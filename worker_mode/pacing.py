@@ -19,6 +19,10 @@ between maintenance and queries:
   ahead of the budget sleeps at the checkpoint (outside any transaction) until it is paid; with no
   pressure nothing is charged and nobody sleeps. ``WORKER_MODE_PACING`` weights a service (its
   database time costs ``1 / weight``) or opts it out (weight 0).
+- **Commits.** Optionally (``WORKER_MODE_PACING_ASYNC_COMMIT``, per service key), a job that starts
+  under pressure commits without waiting for PostgreSQL's WAL flush (``RelaxedCommits``): on a
+  database crash the last moments of its commits may be lost and its work is run again by
+  recovery, as after a lost worker. Off by default.
 - **Visible.** Each paced process records its pace (the share of its time it works rather than
   yields) for the Cluster page and ``/metrics``; an async task's progress carries it.
 
@@ -69,6 +73,10 @@ BURST = 0.005
 ACTIVE_HOLD = 1.0
 #: Seconds a process's published pace holds without a newer one.
 PACE_TTL = 3.0
+#: While yielding, a long job's units (import batches) aim at this many seconds of writing...
+UNIT_SECONDS = 0.02
+#: ...with at least this many rows.
+MIN_UNIT = 50
 #: Seconds of recent work and yielding a process's pace is computed over.
 PACE_MEMORY = 5.0
 #: Seconds pacing stays off after Redis failed to answer.
@@ -167,6 +175,12 @@ def weight_of(service: str) -> float:
     weights = conf.WORKER_MODE_PACING
     value = weights.get(service, 1.0) if isinstance(weights, dict) else 1.0
     return float(value) if _is_number(value) and value >= 0 else 1.0
+
+
+def relaxed_keys() -> tuple[str, ...]:
+    """Service keys whose jobs commit without waiting for the WAL flush while under pressure."""
+    value = conf.WORKER_MODE_PACING_ASYNC_COMMIT
+    return tuple(value) if isinstance(value, (list, tuple)) else ()
 
 
 def _is_number(value: Any) -> bool:
@@ -318,11 +332,33 @@ class Meter:
         return seconds
 
 
+class RelaxedCommits:
+    """While a job of a key in ``WORKER_MODE_PACING_ASYNC_COMMIT`` runs under pressure, its PostgreSQL
+    sessions commit without waiting for the WAL flush (``synchronous_commit = off``): the requests'
+    commits no longer queue behind a disk flush per background transaction. Set (or reset) before a
+    connection's first statement of a job, only when the wanted state changes."""
+
+    def __init__(self) -> None:
+        self.wanted = False
+        self._relaxed: set[int] = set()  # raw connections set to off (ids)
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        connection = context["connection"]
+        raw = connection.connection
+        relaxed = id(raw) in self._relaxed
+        if connection.vendor == "postgresql" and raw is not None and relaxed != self.wanted:
+            with connection.wrap_database_errors:
+                raw.execute("SET synchronous_commit TO off" if self.wanted else "RESET synchronous_commit")
+            (self._relaxed.add if self.wanted else self._relaxed.discard)(id(raw))
+        return execute(sql, params, many, context)
+
+
 class Pacer:
     """Charges this process's background database time to the shared budget and yields when due."""
 
     def __init__(self) -> None:
         self.meter = Meter()
+        self.commits = RelaxedCommits()
         self.service: str | None = None
         self.weight = 1.0
         self.pressure = 0.0
@@ -342,10 +378,12 @@ class Pacer:
 
         previous, previous_weight = self.service, self.weight
         self.service, self.weight = service, weight_of(service)
+        self.commits.wanted = self.pressure > 0 and budget() > 0 and service in relaxed_keys()
         try:
             with contextlib.ExitStack() as stack:
                 for connection in connections.all():
                     stack.enter_context(connection.execute_wrapper(self.meter))
+                    stack.enter_context(connection.execute_wrapper(self.commits))
                 yield
         finally:
             try:
@@ -439,6 +477,18 @@ def checkpoint() -> float:
 def measure() -> contextlib.AbstractContextManager[None]:
     """Count a block as database time (for database work no SQL statement shows, e.g. a COPY)."""
     return pacer().meter.measure()
+
+
+def unit_size(size: int, seconds: float, largest: int) -> int:
+    """The size of a long job's next unit (rows of a batch): ``largest`` at full speed; while the
+    process yields to requests, the size whose write takes about ``UNIT_SECONDS`` (as GitLab's
+    batched migrations aim at a duration), from the last unit's ``size`` and ``seconds``. Short
+    units keep each background write's share of the database, and of a WAL flush, small."""
+    current = pacer()
+    if current.service is None or current.pressure <= 0 or budget() <= 0 or current.weight <= 0:
+        return largest
+    wanted = size * UNIT_SECONDS / max(seconds, 1e-6)
+    return int(min(largest, max(MIN_UNIT, wanted)))
 
 
 def current_pace() -> float | None:
