@@ -36,7 +36,8 @@ Printed per phase: requests/s, p50/p99 latency, backlog done during the window; 
 idle and background throughput over the unpaced split phase.
 
     .venv/bin/python bench/isolation.py [--rows 1000000] [--executions 5000] [--duration 15]
-        [--connections 4] [--rate R] [--budget B] [--budgets 0.1,0.25,1] [--phases ...]
+        [--connections 4] [--open-duration 60] [--rate R] [--budget B] [--budgets 0.1,0.25,1]
+        [--phases idle,noload,split,paced,relaxed,curve,allinone]
 
 Needs root (a private PostgreSQL is started as the ``postgres`` user) and Debian's
 ``wrk`` (``make bench-isolation`` installs it). Everything listens on 127.0.0.1 only.
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--executions", type=int, default=5000)
     parser.add_argument("--duration", type=int, default=15, help="seconds of load per measurement")
     parser.add_argument("--connections", type=int, default=4, help="wrk's connections (closed loop)")
+    parser.add_argument("--open-duration", type=int, default=60, help="seconds per open-loop measurement")
     parser.add_argument(
         "--rate", type=float, default=0.0, help="open-loop requests/s (default: half the idle closed loop's)"
     )
@@ -355,7 +357,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
         if load == "closed":
             figures = wrk(url, token, args.duration, args.connections)
         elif load == "open":
-            figures = open_loop(url, token, args.duration, rate)
+            figures = open_loop(url, token, args.open_duration, rate)
         else:
             time.sleep(args.duration)
             figures = {}
@@ -383,8 +385,8 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
         f"Django {django.get_version()}; PostgreSQL 15 (CPUs {args.db_cpus}) and Redis private"
     )
     print(
-        f"page: GET {args.path} (token auth); closed loop: wrk, {args.connections} connections; "
-        f"{args.duration} s per measurement; backlog: import of {args.rows:,} rows + "
+        f"page: GET {args.path} (token auth); closed loop: wrk, {args.connections} connections, "
+        f"{args.duration} s; open loop {args.open_duration} s; backlog: import of {args.rows:,} rows + "
         f"{args.executions:,} workflow executions; pacing budget {default_budget} (curve: "
         f"{', '.join(map(str, args.budgets))})"
     )

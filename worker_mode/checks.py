@@ -254,7 +254,7 @@ def check_pacing(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> lis
         _is_rate(budget),
         f"WORKER_MODE_PACING_BUDGET must be a number >= 0, not {budget!r}.",
         "Seconds of database time per second the cluster's background work may spend while requests "
-        "are under full pressure, e.g. 0.5; 0 turns pacing off.",
+        "are under full pressure, e.g. 0.3; 0 turns pacing off.",
         "worker_mode.E017",
     )
     weights = conf.WORKER_MODE_PACING

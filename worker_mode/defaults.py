@@ -52,7 +52,7 @@ then the interrupted batch is written again (or the work queued again or ended, 
 WORKER_MODE_QUEUED_GRACE = 10.0
 """Queued work this old (seconds) whose message is gone is enqueued again."""
 
-WORKER_MODE_PACING_BUDGET = 0.5
+WORKER_MODE_PACING_BUDGET = 0.3
 """Seconds of database time per second the background work of the whole cluster may spend while
 request nodes are under full pressure (``budget / pressure`` at less); 0 turns pacing off.
 See worker_mode.pacing."""
