@@ -11,7 +11,8 @@ bytes of each host's link, PostgreSQL's pg_stat_statements and Redis's INFO comm
    statements, Redis commands, bytes on the wire and CPU-ms, per role (worker, db, redis).
 3. isolation: request p50/p99 on a database-backed page (GET /api/tasks with a token: a token
    check, a write of its last use, a paginated query) from wrk on this machine to the web host,
-   idle, then while the worker hosts process a backlog (split), then with one host doing both
+   idle, then while the worker hosts process a backlog (split: pacing off, then 2b: the same
+   worker nodes at the default WORKER_MODE_PACING_BUDGET), then with one host doing both
    (WORKER_MODE '', capped at web + worker caps: all-in-one).
 
     .venv/bin/python bench/lab.py [--phases scale,isolation] [--worker-cpus 0.3] [--executions 1500]
@@ -274,16 +275,24 @@ class Bench:
         idle = measure("1. idle: web ('!') on CPU 0", url, cluster.token, a)
         self.queue_executions(a.executions * 2)
         self.queue_imports(1, a.tasks * a.rows)
-        cluster.start_node("wf", "workflow:process", cpus=a.worker_cpus)
-        cluster.start_node("tasks", "async-task:process", cpus=a.worker_cpus)
+        unpaced = {"WORKER_MODE_PACING_BUDGET": "0"}
+        cluster.start_node("wf", "workflow:process", cpus=a.worker_cpus, **unpaced)
+        cluster.start_node("tasks", "async-task:process", cpus=a.worker_cpus, **unpaced)
         wait_for(lambda: self.executions_done() > 0 and self.rows_done() > 0, 120)
 
         def progress() -> tuple[int, int]:
             return self.rows_done(), self.executions_done()
 
-        split = measure("2. split: backlog on wf + tasks (CPU 1)", url, cluster.token, a, progress)
+        split = measure("2. split, unpaced: backlog on wf + tasks", url, cluster.token, a, progress)
         hosts = ("web", "wf", "tasks", "db", "redis-a")
         print("   memory (PSS): " + ", ".join(f"{h} {memory_mb(cluster.lab.hosts[h]):.0f} MB" for h in hosts))
+        # The same worker nodes with pacing at its default (the web node publishes its pressure).
+        for name in ("wf", "tasks"):
+            cluster.lab.hosts[name].stop("node")
+        cluster.start_node("wf", "workflow:process", cpus=a.worker_cpus)
+        cluster.start_node("tasks", "async-task:process", cpus=a.worker_cpus)
+        time.sleep(4)  # started and busy
+        paced = measure("2b. split, paced (default budget)", url, cluster.token, a, progress)
         for name in ("web", "wf", "tasks"):
             cluster.lab.hosts[name].stop("node")
         self.queue_executions(a.executions * 2)
@@ -300,8 +309,9 @@ class Bench:
             f"3. all-in-one: WORKER_MODE '' on CPU 0 ({aio_cpus:g})", url, cluster.token, a, progress
         )
         cluster.lab.hosts["aio"].stop("node")
-        print(f"\np99 under load / idle: split {split['99%'] / idle['99%']:.2f}x, "
-              f"all-in-one {mixed['99%'] / idle['99%']:.2f}x")  # fmt: skip
+        ratios = {name: f"{run['99%'] / idle['99%']:.2f}x" for name, run in
+                  (("split", split), ("paced", paced), ("all-in-one", mixed))}  # fmt: skip
+        print("\np99 under load / idle: " + ", ".join(f"{name} {ratio}" for name, ratio in ratios.items()))
 
 
 def wait_for(predicate, timeout: float) -> float:

@@ -318,6 +318,14 @@ def test_units_shrink_to_a_target_duration_only_while_yielding(fresh):
         pacer.service = None
 
 
+def test_the_report_skips_malformed_entries_and_drops_lapsed_paces(fresh):
+    fresh.hset(pacing.PRESSURE_KEY, "bad:1", "garbage")
+    fresh.hset(pacing.PACE_KEY, "gone:1", "workflow:process 0.5 1")  # its process ended long ago
+    fresh.hset(pacing.PACE_KEY, "odd:1", "workflow:process fast never")
+    assert pacing.report() == {"pressure": {}, "services": {}}
+    assert not fresh.hexists(pacing.PACE_KEY, "gone:1")
+
+
 # -- settings -----------------------------------------------------------------------------------
 
 

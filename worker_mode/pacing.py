@@ -53,6 +53,8 @@ PACE_KEY = "worker_mode:pace"  # member -> "service pace expires_ms"
 
 #: Seconds between a request process's publications of its pressure (while there is traffic).
 PUBLISH_INTERVAL = 0.25
+#: Levels below this are published as none (background work then skips Redis between looks).
+PRESSURE_FLOOR = 0.05
 #: Seconds a published pressure holds without a newer one.
 PRESSURE_TTL = 1.0
 #: Latency inflation over the idle baseline that doubles a busy share's pressure.
@@ -132,13 +134,24 @@ if active > now then return 1 end
 return 0
 """
 
-# KEYS: pressure, pace. Returns {now ms, pressure fields and values..., '|', pace fields and values...}.
+# KEYS: pressure, pace. Returns {now ms, pressure fields and values..., '|', pace fields and values...};
+# removes the pace entries that lapsed (a process that ended under pressure leaves one behind).
 _REPORT_SCRIPT = """
 local t = redis.call('TIME')
-local out = {tostring(tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)}
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local out = {tostring(now)}
 for _, value in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(out, value) end
 table.insert(out, '|')
-for _, value in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(out, value) end
+local paces = redis.call('HGETALL', KEYS[2])
+for i = 1, #paces, 2 do
+  local expires = tonumber(string.match(paces[i + 1], '(%S+)$'))
+  if not expires or expires < now then
+    redis.call('HDEL', KEYS[2], paces[i])
+  else
+    table.insert(out, paces[i])
+    table.insert(out, paces[i + 1])
+  end
+end
 return out
 """
 
@@ -257,6 +270,8 @@ class Pressure:
 
     def publish(self) -> None:
         level = self.sample()
+        if level < PRESSURE_FLOOR:
+            level = 0.0  # a page now and then: the budget would be unlimited anyway
         if level <= 0 and self.level <= 0:
             return  # nothing to say, and nothing said that needs taking back
         now = time.monotonic()
@@ -517,15 +532,17 @@ def report() -> dict[str, Any]:
     split = values.index("|")
     pressure: dict[str, float] = {}
     for field, value in zip(values[1:split:2], values[2:split:2], strict=True):
-        level, _, expires = value.partition(" ")
-        if float(expires) >= now:
-            node = field.rsplit(":", 1)[0]
-            pressure[node] = max(pressure.get(node, 0.0), float(level))
+        with contextlib.suppress(ValueError):  # an entry nobody could have written: not shown
+            level, expires = (float(part) for part in value.split(" "))
+            if expires >= now:
+                node = field.rsplit(":", 1)[0]
+                pressure[node] = max(pressure.get(node, 0.0), level)
     paces: dict[str, list[float]] = {}
     for _field, value in zip(values[split + 1 :: 2], values[split + 2 :: 2], strict=True):
-        service, pace, expires = value.split(" ")
-        if float(expires) >= now:
-            paces.setdefault(service, []).append(float(pace))
+        with contextlib.suppress(ValueError):
+            service, pace, expires = value.rsplit(" ", 2)
+            if float(expires) >= now:
+                paces.setdefault(service, []).append(float(pace))
     return {
         "pressure": pressure,
         "services": {
