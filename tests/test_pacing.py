@@ -57,34 +57,33 @@ def test_the_level_is_the_busy_share_raised_by_latency_over_the_idle_baseline():
     pressure._thread = object()  # no publishing thread in this test
     assert pressure.sample() == 0.0  # no request: no pressure
     pressure.background_active = False  # idle: requests teach the baseline
+    now = time.monotonic()
     for _ in range(5):
-        pressure.started()
-        pressure.finished("api/tasks", 0.010)
+        pressure.record(now, now + 0.010, "api/tasks")
+    pressure.sample()
     assert pressure.baselines["api/tasks"] == pytest.approx(0.010)
-    pressure.sample()
     pressure.background_active = True  # now requests are measured against it, not learned from
-    pressure.started()
-    time.sleep(0.05)
-    level_at_baseline = pressure.sample()  # busy the whole window: share 1
-    pressure.finished("api/tasks", 0.010)
-    assert level_at_baseline == pytest.approx(1.0, abs=0.01)
+    # A one-second window busy a quarter of it, its requests 1.25x their idle baseline:
+    now = time.monotonic()
+    pressure._window_start = now - 1.0
+    for k in range(20):
+        pressure.record(now - 1.0 + k * 0.05, now - 1.0 + k * 0.05 + 0.0125, "api/tasks")
+    assert pressure.sample() == pytest.approx(0.25 * (1 + 0.25 / pacing.LATENCY_SPAN), abs=0.01)
     assert pressure.baselines["api/tasks"] == pytest.approx(0.010)  # unchanged while background ran
-    pressure.sample()
-    pressure._window_start -= 1.0  # a one-second window...
-    pressure.started()
-    pressure.finished("api/tasks", 0.015)  # ...with a request 1.5x its idle baseline...
-    pressure._busy = 0.25  # ...busy a quarter of it: the share 0.25, raised by the inflation
-    assert pressure.sample() == pytest.approx(0.25 * (1 + 0.5 / pacing.LATENCY_SPAN), abs=0.01)
+    # Overlapping requests count once (the union of their times); a view without baseline adds none.
+    now = time.monotonic()
+    pressure._window_start = now - 1.0
+    pressure.record(now - 1.0, now - 0.9, "other")
+    pressure.record(now - 0.95, now - 0.85, "other")
+    assert pressure.sample() == pytest.approx(0.15, abs=0.01)
 
 
 @override_settings(**PACED)
-def test_requests_publish_pressure_and_probes_do_not(client, fresh):
+def test_requests_publish_pressure_and_a_quiet_window_takes_it_back(client, fresh):
     pressure = pacing._pressure = pacing.Pressure()
     pressure._thread = object()  # published by the test, not by the thread
-    client.get("/healthz")
-    assert pressure.sample() == 0.0  # health probes make no pressure
     client.get("/admin/login/")
-    pressure._window_start -= 0.01
+    assert len(pressure.requests) == 1
     pressure.publish()
     report = pacing.report()
     node = pacing.member().rsplit(":", 1)[0]

@@ -27,9 +27,10 @@ def _view(request: HttpRequest) -> str:
     return getattr(match, "route", None) or getattr(match, "view_name", None) or "-"
 
 
-def counted(request: HttpRequest) -> bool:
-    """Requests that make pressure: not the health and metrics probes (the exempt paths)."""
-    return pacing.budget() > 0 and not is_exempt(request.path_info, conf.WORKER_MODE_EXEMPT_PATHS)
+def counted() -> bool:
+    """Whether this node counts its requests for pacing (every request: health probes are too
+    rare and short to make pressure on their own)."""
+    return pacing.enabled()
 
 
 def rejection(request: HttpRequest) -> HttpResponse | None:
@@ -70,26 +71,22 @@ class WorkerModeMiddleware:
         refused = rejection(request)
         if refused is not None:
             return refused
-        if not counted(request):
+        if not counted():
             return self.get_response(request)
-        pressure = pacing.request_pressure()
         started = time.monotonic()
-        pressure.started()
         try:
             return self.get_response(request)
         finally:
-            pressure.finished(_view(request), time.monotonic() - started)
+            pacing.request_pressure().record(started, time.monotonic(), _view(request))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         refused = rejection(request)
         if refused is not None:
             return refused
-        if not counted(request):
+        if not counted():
             return await self.get_response(request)
-        pressure = pacing.request_pressure()
         started = time.monotonic()
-        pressure.started()
         try:
             return await self.get_response(request)
         finally:
-            pressure.finished(_view(request), time.monotonic() - started)
+            pacing.request_pressure().record(started, time.monotonic(), _view(request))

@@ -5,10 +5,11 @@ COPY and the executions' writes keep the shared PostgreSQL busy, and the pages t
 wait. Pacing shares the database between the two, as PostgreSQL's cost-based vacuum delay does
 between maintenance and queries:
 
-- **Pressure.** Every request-serving process counts its requests (``WorkerModeMiddleware``): the
-  share of time it had one in flight, and their latency against its own idle baseline per view
-  (learned from requests served while no background work ran). A daemon thread publishes the
-  level, 0 to 1, beside the node's presence in Redis (``REDIS_URL``) every ``PUBLISH_INTERVAL``
+- **Pressure.** Every request-serving process records its requests (``WorkerModeMiddleware``
+  appends their times to a deque, well under a microsecond per request). A daemon thread turns
+  them into the share of time a request was in flight and their latency against the process's
+  own idle baseline per view (learned from requests served while no background work ran), and
+  publishes the level, 0 to 1, beside the node's presence in Redis (``REDIS_URL``) every ``PUBLISH_INTERVAL``
   while there is traffic; an entry lapses ``PRESSURE_TTL`` after its last publication.
   ``level = busy share x (1 + latency inflation / LATENCY_SPAN)``, capped at 1.
 - **Pace.** Every rq job of a served service runs under ``job()``: the database time it spends
@@ -32,7 +33,9 @@ answer, background work runs unpaced (requests are never slowed by pacing's own 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -41,6 +44,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from django.core.signals import setting_changed
 from redis import RedisError
 
 from .conf import conf
@@ -184,6 +188,21 @@ def budget() -> float:
     return float(value) if _is_number(value) and value > 0 else 0.0
 
 
+@functools.cache
+def enabled() -> bool:
+    """Pacing is on (``budget() > 0``): read once per process, on the request path (a setting read
+    costs more than the counting itself); ``override_settings`` clears it."""
+    return budget() > 0
+
+
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith("WORKER_MODE_PACING"):
+        enabled.cache_clear()
+
+
+setting_changed.connect(_setting_changed)
+
+
 def weight_of(service: str) -> float:
     weights = conf.WORKER_MODE_PACING
     value = weights.get(service, 1.0) if isinstance(weights, dict) else 1.0
@@ -204,42 +223,48 @@ def _is_number(value: Any) -> bool:
 
 
 class Pressure:
-    """This request process's load: busy share and latency over the idle baseline, published to Redis."""
+    """This request process's load: busy share and latency over the idle baseline, published to Redis.
+
+    A request costs only an append to a deque (``record``); the publishing thread does the rest.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._inflight = 0
-        self._busy_since: float | None = None
-        self._busy = 0.0
+        #: (started, ended, view) of each request served, drained by ``sample`` (bounded: a dead
+        #: thread cannot make it grow without end).
+        self.requests: collections.deque[tuple[float, float, str]] = collections.deque(maxlen=100_000)
         self._window_start = time.monotonic()
-        self._requests = 0
-        self._ratio_sum = 0.0
-        self._ratio_count = 0
         self.baselines: dict[str, float] = {}
         #: Whether background work ran lately (the last publication's answer): requests served
         #: meanwhile do not teach the baseline. Unknown until the first answer: assume it did.
         self.background_active = True
         self.level = 0.0
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
         self._failing_until = 0.0
 
-    def started(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if self._inflight == 0:
-                self._busy_since = now
-            self._inflight += 1
+    def record(self, started: float, ended: float, view: str) -> None:
+        """One request served (monotonic times): the request path's whole cost."""
+        self.requests.append((started, ended, view))
         if self._thread is None:
             self._start_thread()
 
-    def finished(self, view: str, seconds: float) -> None:
+    def sample(self) -> float:
+        """The level over the time since the last sample (0 to 1), and a new window."""
         now = time.monotonic()
-        with self._lock:
-            self._inflight -= 1
-            if self._inflight == 0 and self._busy_since is not None:
-                self._busy += now - self._busy_since
-                self._busy_since = None
-            self._requests += 1
+        start, self._window_start = self._window_start, now
+        served = []
+        while self.requests:
+            served.append(self.requests.popleft())
+        if not served:
+            return 0.0
+        busy, covered = 0.0, start  # the union of the requests' times within the window
+        ratio_sum, ratio_count = 0.0, 0
+        for began, ended, view in sorted(served):
+            seconds = ended - began
+            clipped = max(began, covered)
+            if ended > clipped:
+                busy += ended - clipped
+                covered = ended
             base = self.baselines.get(view)
             if not self.background_active:
                 if base is not None:
@@ -247,25 +272,10 @@ class Pressure:
                 elif len(self.baselines) < MAX_BASELINES:
                     self.baselines[view] = seconds
             if base:
-                self._ratio_sum += seconds / base
-                self._ratio_count += 1
-
-    def sample(self) -> float:
-        """The level over the time since the last sample (0 to 1), and a new window."""
-        now = time.monotonic()
-        with self._lock:
-            busy = self._busy
-            if self._busy_since is not None:
-                busy += now - self._busy_since
-                self._busy_since = now
-            span = max(now - self._window_start, 1e-6)
-            requests, inflight = self._requests, self._inflight
-            ratio = self._ratio_sum / self._ratio_count if self._ratio_count else 1.0
-            self._busy, self._requests, self._ratio_sum, self._ratio_count = 0.0, 0, 0.0, 0
-            self._window_start = now
-        if not requests and not inflight:
-            return 0.0
-        share = min(busy / span, 1.0)
+                ratio_sum += seconds / base
+                ratio_count += 1
+        share = min(busy / max(now - start, 1e-6), 1.0)
+        ratio = ratio_sum / ratio_count if ratio_count else 1.0
         return min(1.0, share * (1 + max(0.0, ratio - 1) / LATENCY_SPAN))
 
     def publish(self) -> None:
