@@ -289,9 +289,12 @@ class Bench:
         # The same worker nodes with pacing at its default (the web node publishes its pressure).
         for name in ("wf", "tasks"):
             cluster.lab.hosts[name].stop("node")
+        # A stopped import node's running import is ended (ASYNC_TASKS_RECOVERY "fail"): a new one.
+        self.queue_imports(1, a.tasks * a.rows)
         cluster.start_node("wf", "workflow:process", cpus=a.worker_cpus)
         cluster.start_node("tasks", "async-task:process", cpus=a.worker_cpus)
-        time.sleep(4)  # started and busy
+        rows = self.rows_done()
+        wait_for(lambda: self.rows_done() > rows, 120)
         paced = measure("2b. split, paced (default budget)", url, cluster.token, a, progress)
         for name in ("web", "wf", "tasks"):
             cluster.lab.hosts[name].stop("node")
