@@ -193,7 +193,7 @@ def test_sql_statements_of_a_job_are_metered():
 
 
 @override_settings(**PACED, WORKER_MODE_METRICS_TOKEN="t0ken")
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # a checkpoint inside the test's transaction would not yield
 def test_the_cluster_page_metrics_and_workermode_show_pace_and_pressure(admin_client, client, fresh):
     press(0.8, node="web-a")
     pacer = pacing.pacer()
@@ -302,6 +302,45 @@ def test_listed_keys_commit_without_waiting_for_the_flush_under_pressure_only(fr
         assert setting() == "on"
 
 
+@override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
+@pytest.mark.django_db(transaction=True)
+def test_a_reset_undone_by_a_rollback_is_sent_again(fresh):
+    from django.db import connection, transaction
+
+    from tests.conftest import is_postgres
+
+    if not is_postgres():
+        pytest.skip("synchronous_commit is PostgreSQL's; on SQLite the wrapper does nothing")
+
+    def setting() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    pacer = pacing.Pacer()
+    pacer.pressure = 1.0
+    with pacer.job("workflow:process"):
+        assert setting() == "off"
+    pacer.pressure = 0.0
+    with pacer.job("workflow:process"):  # durable again, first asked inside a transaction that fails
+        with contextlib.suppress(RuntimeError), transaction.atomic():
+            assert setting() == "on"
+            raise RuntimeError  # the rollback undoes the RESET
+        assert setting() == "on"
+        with transaction.atomic():
+            assert setting() == "on"
+    with pacer.job("async-task:process"):  # not listed: never off
+        assert setting() == "on"
+    pacer.pressure = 1.0
+    # relaxed first inside a transaction that fails
+    with pacer.job("workflow:process"), contextlib.suppress(RuntimeError), transaction.atomic():
+        assert setting() == "off"
+        raise RuntimeError
+    pacer.pressure = 0.0
+    with pacer.job("async-task:process"), transaction.atomic():
+        assert setting() == "on"
+
+
 @override_settings(**PACED)
 def test_units_shrink_to_a_target_duration_only_while_yielding(fresh):
     pacer = pacing.pacer()
@@ -323,6 +362,77 @@ def test_the_report_skips_malformed_entries_and_drops_lapsed_paces(fresh):
     fresh.hset(pacing.PACE_KEY, "odd:1", "workflow:process fast never")
     assert pacing.report() == {"pressure": {}, "services": {}}
     assert not fresh.hexists(pacing.PACE_KEY, "gone:1")
+
+
+@override_settings(**PACED)
+@pytest.mark.parametrize("level", ["inf", "1000", "nan", "-1"])
+def test_a_pressure_no_request_process_writes_is_dropped_not_obeyed(fresh, level):
+    far = (time.time() + 3600) * 1000
+    fresh.hset(pacing.PRESSURE_KEY, "evil:1", f"{level} {far}")
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        spend(pacer, 0.01)
+    assert pacer.pressure == 0.0 and pacer.pace == 1.0 and not pacer.yielding
+    assert not fresh.hexists(pacing.PRESSURE_KEY, "evil:1")
+    assert pacing.report()["pressure"] == {}
+
+
+@override_settings(**PACED)
+@pytest.mark.parametrize("clock", ["inf", "nan"])
+def test_a_budget_clock_that_is_not_finite_starts_again(fresh, clock):
+    press(1.0)
+    fresh.hset(pacing.BUDGET_KEY, "tat", clock)  # before: every checkpoint yielded MAX_WAIT for ever
+    pacer = pacing.Pacer()
+    started = time.monotonic()
+    with pacer.job("workflow:process"):
+        spend(pacer, 0.01)
+    assert time.monotonic() - started < 1.0
+    assert 0 < tat(fresh) < float("inf")
+
+
+@override_settings(**PACED)
+def test_an_infinite_charge_does_not_stop_the_budget_for_ever(fresh):
+    press(1.0)
+    pacer = pacing.Pacer()
+    pacer.service, pacer.weight = "workflow:process", 1e-320  # a weight E018 lets through
+    pacer.meter.seconds = 0.01  # / 1e-320: inf
+    assert pacer.checkpoint() <= pacing.MAX_WAIT + 0.5
+    assert tat(fresh) < float("inf")
+
+
+@override_settings(**PACED, WORKER_MODE_METRICS_TOKEN="t0ken")
+@pytest.mark.django_db
+def test_hostile_entries_do_not_break_the_report_page_or_metrics(admin_client, client, fresh):
+    far = (time.time() + 3600) * 1000
+    fresh.hset(pacing.PRESSURE_KEY, b"\xff\xfe:1", f"0.5 {far}")  # not UTF-8
+    fresh.hset(pacing.PRESSURE_KEY, "a:1", "|")  # the old reply's separator
+    fresh.hset(pacing.PACE_KEY, "|", f"workflow:process 0.5 {far}")
+    fresh.hset(pacing.PACE_KEY, "b:1", f"workflow:process nan {far}")
+    report = pacing.report()
+    assert list(report["pressure"].values()) == [0.5]
+    assert report["services"] == {"workflow:process": {"pace": 0.5, "yielding": 1}}
+    fresh.delete(pacing.PRESSURE_KEY)
+    fresh.set(pacing.PRESSURE_KEY, "not a hash")  # WRONGTYPE: pacing unknown, the rest still shows
+    assert admin_client.get("/admin/worker_mode/cluster/").status_code == 200
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer t0ken").status_code == 200
+    out = io.StringIO()
+    call_command("workermode", "--cluster", stdout=out)
+    assert "Request pressure: none" in out.getvalue()
+
+
+@override_settings(**PACED)
+@pytest.mark.django_db(transaction=True)
+def test_a_checkpoint_inside_a_transaction_charges_but_does_not_yield(fresh):
+    from django.db import transaction
+
+    press(1.0)
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        with transaction.atomic():
+            spend(pacer, 0.1)
+            assert pacer.checkpoint() == 0.0  # no sleep holding the transaction's locks
+        assert tat(fresh) > 0  # but charged: the next checkpoint outside pays for it
+        assert pacer.checkpoint() > 0
 
 
 # -- settings -----------------------------------------------------------------------------------

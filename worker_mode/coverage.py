@@ -107,7 +107,11 @@ def cluster_report() -> dict[str, Any]:
 
     entries = live_entries()
     status = service_status(entries)
-    paced = pacing.report()
+    try:
+        paced = pacing.report()
+    except (RedisError, ValueError) as exc:  # e.g. a pacing key of another type: the rest still shows
+        logger.warning("Cannot read pacing's state from Redis: %s", exc)
+        paced = {"pressure": {}, "services": {}}
     for row in status:
         weight = pacing.weight_of(row["key"])
         pace = paced["services"].get(row["key"])

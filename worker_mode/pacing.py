@@ -100,7 +100,8 @@ for i = 1, #entries, 2 do
   local level, expires = string.match(entries[i + 1], '^(%S+) (%S+)$')
   level = tonumber(level)
   expires = tonumber(expires)
-  if not level or not expires or expires < now then
+  -- only what a request process writes counts: a level of 0 to 1 (tonumber takes 'nan' and 'inf')
+  if not level or not expires or expires < now or not (level >= 0 and level <= 1) then
     redis.call('HDEL', KEYS[1], entries[i])
   elseif level > pressure then
     pressure = level
@@ -115,8 +116,11 @@ if pressure <= 0 or budget <= 0 then
 end
 local rate = budget / pressure
 local tat = tonumber(redis.call('HGET', KEYS[2], 'tat') or '0') or 0
-if tat < now then tat = now end
-tat = tat + tonumber(ARGV[3]) / rate
+-- the clock only runs ahead of now by finite amounts: 'nan' or 'inf' (from a charge or anyone) resets it
+if not (tat >= now and tat < math.huge) then tat = now end
+local cost = tonumber(ARGV[3]) or 0
+if not (cost >= 0) then cost = 0 elseif cost > 3600000 then cost = 3600000 end
+tat = tat + cost / rate
 redis.call('HSET', KEYS[2], 'tat', tostring(tat))
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. ARGV[6] .. ' ' .. tostring(now + tonumber(ARGV[8])))
 local wait = tat - now - tonumber(ARGV[5]) / rate
@@ -138,25 +142,23 @@ if active > now then return 1 end
 return 0
 """
 
-# KEYS: pressure, pace. Returns {now ms, pressure fields and values..., '|', pace fields and values...};
+# KEYS: pressure, pace. Returns {now ms, {pressure fields and values...}, {pace fields and values...}};
 # removes the pace entries that lapsed (a process that ended under pressure leaves one behind).
 _REPORT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local out = {tostring(now)}
-for _, value in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(out, value) end
-table.insert(out, '|')
+local live = {}
 local paces = redis.call('HGETALL', KEYS[2])
 for i = 1, #paces, 2 do
   local expires = tonumber(string.match(paces[i + 1], '(%S+)$'))
   if not expires or expires < now then
     redis.call('HDEL', KEYS[2], paces[i])
   else
-    table.insert(out, paces[i])
-    table.insert(out, paces[i + 1])
+    table.insert(live, paces[i])
+    table.insert(live, paces[i + 1])
   end
 end
-return out
+return {tostring(now), redis.call('HGETALL', KEYS[1]), live}
 """
 
 
@@ -365,17 +367,34 @@ class RelaxedCommits:
 
     def __init__(self) -> None:
         self.wanted = False
-        self._relaxed: set[int] = set()  # raw connections set to off (ids)
+        self._relaxed: set[int] = set()  # raw connections set to off, or possibly off (ids)
+        self._unsettled: set[int] = set()  # of those, the ones whose last change a rollback may undo
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         connection = context["connection"]
         raw = connection.connection
-        relaxed = id(raw) in self._relaxed
-        if connection.vendor == "postgresql" and raw is not None and relaxed != self.wanted:
-            with connection.wrap_database_errors:
-                raw.execute("SET synchronous_commit TO off" if self.wanted else "RESET synchronous_commit")
-            (self._relaxed.add if self.wanted else self._relaxed.discard)(id(raw))
+        if connection.vendor == "postgresql" and raw is not None:
+            key = id(raw)
+            if (key in self._relaxed) != self.wanted and (key not in self._unsettled or _idle(raw)):
+                statement = "SET synchronous_commit TO off" if self.wanted else "RESET synchronous_commit"
+                with connection.wrap_database_errors:
+                    raw.execute(statement)
+                if raw.autocommit:
+                    (self._relaxed.add if self.wanted else self._relaxed.discard)(key)
+                    self._unsettled.discard(key)
+                else:
+                    # Inside a transaction, whose rollback would undo it: counted as possibly off (a
+                    # RESET is sent again at the next transaction's start) until set outside one.
+                    self._relaxed.add(key)
+                    self._unsettled.add(key)
         return execute(sql, params, many, context)
+
+
+def _idle(raw: Any) -> bool:
+    """The raw psycopg connection is between transactions."""
+    from psycopg.pq import TransactionStatus
+
+    return raw.info.transaction_status == TransactionStatus.IDLE
 
 
 class Pacer:
@@ -430,6 +449,11 @@ class Pacer:
         if now < self._failing_until or (self.pressure <= 0 and now - self._synced_at < SYNC_INTERVAL):
             return 0.0
         wait = self._sync(share)
+        if wait > 0 and _in_transaction():
+            # A sleep here would hold the transaction's locks (and end the session after a lease's
+            # idle_in_transaction_session_timeout): charged, but the yield waits for a checkpoint outside.
+            logger.debug("Pacing checkpoint inside a transaction: not yielding here")
+            wait = 0.0
         self._account(max(now - self._work_since, 0.0), 0.0)
         waited = 0.0
         deadline = now + MAX_WAIT
@@ -475,6 +499,12 @@ class Pacer:
         self._synced_at = time.monotonic()
         self.pressure = float(pressure)
         return float(wait) / 1000
+
+
+def _in_transaction() -> bool:
+    from django.db import connections
+
+    return any(connection.in_atomic_block for connection in connections.all(initialized_only=True))
 
 
 _pacer: Pacer | None = None
@@ -536,22 +566,20 @@ os.register_at_fork(after_in_child=_forget)
 def report() -> dict[str, Any]:
     """Live pressure per request node and pace per service: ``{"pressure": {node: level},
     "services": {key: {"pace": mean, "yielding": processes}}}`` (raises RedisError)."""
-    raw = _script(_REPORT_SCRIPT)(keys=[PRESSURE_KEY, PACE_KEY])
-    values = [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
-    now = float(values[0])
-    split = values.index("|")
+    raw_now, raw_pressure, raw_paces = _script(_REPORT_SCRIPT)(keys=[PRESSURE_KEY, PACE_KEY])
+    now = float(_text(raw_now))
     pressure: dict[str, float] = {}
-    for field, value in zip(values[1:split:2], values[2:split:2], strict=True):
+    for field, value in _pairs(raw_pressure):
         with contextlib.suppress(ValueError):  # an entry nobody could have written: not shown
             level, expires = (float(part) for part in value.split(" "))
-            if expires >= now:
+            if expires >= now and 0 <= level <= 1:
                 node = field.rsplit(":", 1)[0]
                 pressure[node] = max(pressure.get(node, 0.0), level)
     paces: dict[str, list[float]] = {}
-    for _field, value in zip(values[split + 1 :: 2], values[split + 2 :: 2], strict=True):
+    for _field, value in _pairs(raw_paces):
         with contextlib.suppress(ValueError):
             service, pace, expires = value.rsplit(" ", 2)
-            if float(expires) >= now:
+            if float(expires) >= now and 0 <= float(pace) <= 1:
                 paces.setdefault(service, []).append(float(pace))
     return {
         "pressure": pressure,
@@ -560,3 +588,14 @@ def report() -> dict[str, Any]:
             for key, items in paces.items()
         },
     }
+
+
+def _text(item: Any) -> str:
+    """A Redis reply as text (bytes nobody here wrote are replaced, not raised on)."""
+    return item.decode(errors="replace") if isinstance(item, bytes) else str(item)
+
+
+def _pairs(items: list[Any]) -> Iterator[tuple[str, str]]:
+    """A flat HGETALL reply as (field, value) pairs of text."""
+    texts = [_text(item) for item in items]
+    return zip(texts[::2], texts[1::2], strict=False)
