@@ -287,7 +287,7 @@ def test_listed_keys_commit_without_waiting_for_the_flush_under_pressure_only(fr
 
     press(1.0)
     pacer = pacing.Pacer()
-    pacer.pressure = 1.0  # as after its last look at Redis
+    pacer.pressure, pacer._synced_at = 1.0, time.monotonic()  # as after its last look at Redis
     with pacer.job("workflow:process"):
         assert setting() == "off"
         with transaction.atomic():
@@ -318,7 +318,7 @@ def test_a_reset_undone_by_a_rollback_is_sent_again(fresh):
             return cursor.fetchone()[0]
 
     pacer = pacing.Pacer()
-    pacer.pressure = 1.0
+    pacer.pressure, pacer._synced_at = 1.0, time.monotonic()
     with pacer.job("workflow:process"):
         assert setting() == "off"
     pacer.pressure = 0.0
@@ -331,7 +331,7 @@ def test_a_reset_undone_by_a_rollback_is_sent_again(fresh):
             assert setting() == "on"
     with pacer.job("async-task:process"):  # not listed: never off
         assert setting() == "on"
-    pacer.pressure = 1.0
+    pacer.pressure, pacer._synced_at = 1.0, time.monotonic()
     # relaxed first inside a transaction that fails
     with pacer.job("workflow:process"), contextlib.suppress(RuntimeError), transaction.atomic():
         assert setting() == "off"
@@ -339,6 +339,17 @@ def test_a_reset_undone_by_a_rollback_is_sent_again(fresh):
     pacer.pressure = 0.0
     with pacer.job("async-task:process"), transaction.atomic():
         assert setting() == "on"
+
+
+@override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
+def test_a_pressure_seen_long_ago_does_not_relax_the_next_jobs_commits(fresh):
+    pacer = pacing.Pacer()
+    pacer.pressure, pacer._synced_at = 1.0, time.monotonic() - 3600  # its last look, an hour ago
+    with pacer.job("workflow:process"):
+        assert pacer.commits.wanted is False
+    pacer.pressure, pacer._synced_at = 1.0, time.monotonic()
+    with pacer.job("workflow:process"):
+        assert pacer.commits.wanted is True
 
 
 @override_settings(**PACED)

@@ -422,7 +422,9 @@ class Pacer:
 
         previous, previous_weight = self.service, self.weight
         self.service, self.weight = service, weight_of(service)
-        self.commits.wanted = self.pressure > 0 and budget() > 0 and service in relaxed_keys()
+        # Only a pressure looked at lately counts: after an idle spell the last look may be hours old.
+        recent = time.monotonic() - self._synced_at <= SYNC_INTERVAL + PRESSURE_TTL
+        self.commits.wanted = recent and self.pressure > 0 and budget() > 0 and service in relaxed_keys()
         try:
             with contextlib.ExitStack() as stack:
                 for connection in connections.all():
