@@ -78,6 +78,19 @@ def test_the_level_is_the_busy_share_raised_by_latency_over_the_idle_baseline():
     assert pressure.sample() == pytest.approx(0.15, abs=0.01)
 
 
+def test_a_request_still_in_flight_makes_pressure():
+    pressure = pacing.Pressure()
+    pressure._thread = object()
+    started = time.monotonic() - 5.0  # stuck in the database for 5 s, say
+    token = pressure.begin(started)
+    pressure._window_start = time.monotonic() - 1.0
+    assert pressure.sample() == pytest.approx(1.0, abs=0.01)  # busy the whole window
+    time.sleep(0.01)
+    assert pressure.sample() == pytest.approx(1.0, abs=0.01)  # and the next: it does not lapse
+    pressure.record(started, time.monotonic(), "api/tasks", token)
+    assert not pressure.active and len(pressure.requests) == 1
+
+
 @override_settings(**PACED)
 def test_requests_publish_pressure_and_a_quiet_window_takes_it_back(client, fresh):
     pressure = pacing._pressure = pacing.Pressure()
@@ -371,8 +384,10 @@ def test_the_report_skips_malformed_entries_and_drops_lapsed_paces(fresh):
     fresh.hset(pacing.PRESSURE_KEY, "bad:1", "garbage")
     fresh.hset(pacing.PACE_KEY, "gone:1", "workflow:process 0.5 1")  # its process ended long ago
     fresh.hset(pacing.PACE_KEY, "odd:1", "workflow:process fast never")
+    fresh.hset(pacing.PRESSURE_KEY, "ended:1", "0.5 1")  # a request process that ended long ago
     assert pacing.report() == {"pressure": {}, "services": {}}
     assert not fresh.hexists(pacing.PACE_KEY, "gone:1")
+    assert not fresh.hexists(pacing.PRESSURE_KEY, "ended:1")
 
 
 @override_settings(**PACED)

@@ -73,11 +73,13 @@ class WorkerModeMiddleware:
             return refused
         if not counted():
             return self.get_response(request)
+        pressure = pacing.request_pressure()
         started = time.monotonic()
+        token = pressure.begin(started)
         try:
             return self.get_response(request)
         finally:
-            pacing.request_pressure().record(started, time.monotonic(), _view(request))
+            pressure.record(started, time.monotonic(), _view(request), token)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         refused = rejection(request)
@@ -85,8 +87,10 @@ class WorkerModeMiddleware:
             return refused
         if not counted():
             return await self.get_response(request)
+        pressure = pacing.request_pressure()
         started = time.monotonic()
+        token = pressure.begin(started)
         try:
             return await self.get_response(request)
         finally:
-            pacing.request_pressure().record(started, time.monotonic(), _view(request))
+            pressure.record(started, time.monotonic(), _view(request), token)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -147,6 +148,11 @@ return 0
 _REPORT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local pressure = redis.call('HGETALL', KEYS[1])
+for i = 1, #pressure, 2 do
+  local expires = tonumber(string.match(pressure[i + 1], '^%S+ (%S+)$'))
+  if expires and expires < now then redis.call('HDEL', KEYS[1], pressure[i]) end
+end
 local live = {}
 local paces = redis.call('HGETALL', KEYS[2])
 for i = 1, #paces, 2 do
@@ -162,10 +168,24 @@ return {tostring(now), redis.call('HGETALL', KEYS[1]), live}
 """
 
 
-def _connection():
-    from .presence import get_connection
+#: Seconds pacing waits for Redis to connect or answer (on its own connection): a Redis that hangs
+#: costs a background job at most this per look, and a publishing thread no more.
+SOCKET_TIMEOUT = 0.5
 
-    return get_connection()
+_connections: dict[str, Any] = {}
+
+
+def _connection():
+    """Pacing's own connection to ``REDIS_URL`` (one per process), with short timeouts."""
+    from redis import Redis
+
+    url = conf.REDIS_URL
+    connection = _connections.get(url)
+    if connection is None:
+        connection = _connections[url] = Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+        )
+    return connection
 
 
 _scripts: dict[tuple[str, int], Any] = {}
@@ -234,6 +254,9 @@ class Pressure:
         #: (started, ended, view) of each request served, drained by ``sample`` (bounded: a dead
         #: thread cannot make it grow without end).
         self.requests: collections.deque[tuple[float, float, str]] = collections.deque(maxlen=100_000)
+        #: Requests in flight: token -> start. A request stuck in the database still makes pressure.
+        self.active: dict[int, float] = {}
+        self._tokens = itertools.count()
         self._window_start = time.monotonic()
         self.baselines: dict[str, float] = {}
         #: Whether background work ran lately (the last publication's answer): requests served
@@ -244,8 +267,16 @@ class Pressure:
         self._lock = threading.Lock()
         self._failing_until = 0.0
 
-    def record(self, started: float, ended: float, view: str) -> None:
-        """One request served (monotonic times): the request path's whole cost."""
+    def begin(self, started: float) -> int:
+        """A request starts (monotonic time); returns the token ``record`` takes."""
+        token = next(self._tokens)
+        self.active[token] = started
+        return token
+
+    def record(self, started: float, ended: float, view: str, token: int | None = None) -> None:
+        """One request served (monotonic times): with ``begin``, the request path's whole cost."""
+        if token is not None:
+            self.active.pop(token, None)
         self.requests.append((started, ended, view))
         if self._thread is None:
             self._start_thread()
@@ -254,19 +285,23 @@ class Pressure:
         """The level over the time since the last sample (0 to 1), and a new window."""
         now = time.monotonic()
         start, self._window_start = self._window_start, now
-        served = []
+        served: list[tuple[float, float, str | None]] = []
         while self.requests:
             served.append(self.requests.popleft())
+        # Requests still in flight count as busy up to now (their latency is not known yet).
+        served += [(began, now, None) for began in list(self.active.values())]
         if not served:
             return 0.0
         busy, covered = 0.0, start  # the union of the requests' times within the window
         ratio_sum, ratio_count = 0.0, 0
-        for began, ended, view in sorted(served):
+        for began, ended, view in sorted(served, key=lambda request: request[0]):
             seconds = ended - began
             clipped = max(began, covered)
             if ended > clipped:
                 busy += ended - clipped
                 covered = ended
+            if view is None:
+                continue
             base = self.baselines.get(view)
             if not self.background_active:
                 if base is not None:
@@ -293,9 +328,15 @@ class Pressure:
             active = _script(_PRESSURE_SCRIPT)(keys=[PRESSURE_KEY, BUDGET_KEY],
                             args=[member(), f"{level:.4f}", int(PRESSURE_TTL * 1000)])  # fmt: skip
         except RedisError as exc:
-            logger.warning("Could not publish request pressure (retrying in %.0f s): %s", RETRY_AFTER, exc)
+            if not self._failing_until:  # once per outage
+                logger.warning(
+                    "Could not publish request pressure (retrying every %.0f s): %s", RETRY_AFTER, exc
+                )
             self._failing_until = now + RETRY_AFTER
             return
+        if self._failing_until:
+            logger.info("Request pressure is published again")
+            self._failing_until = 0.0
         self.level = level
         self.background_active = bool(active)
 
@@ -414,6 +455,7 @@ class Pacer:
         self._work_since = time.monotonic()
         self._worked = self._waited = 0.0  # decaying sums behind ``pace``
         self._failing_until = 0.0
+        self._outage = False
 
     @contextlib.contextmanager
     def job(self, service: str) -> Iterator[None]:
@@ -493,10 +535,16 @@ class Pacer:
                       int(PACE_TTL * 1000)],
             )  # fmt: skip
         except RedisError as exc:
-            logger.warning("Pacing is off for %.0f s: Redis does not answer (%s)", RETRY_AFTER, exc)
+            if not self._outage:  # once per outage
+                logger.warning("Pacing is off while Redis does not answer (trying every %.0f s): %s",
+                               RETRY_AFTER, exc)  # fmt: skip
+            self._outage = True
             self._failing_until = time.monotonic() + RETRY_AFTER
             self._pending, self.pressure = 0.0, 0.0
             return 0.0
+        if self._outage:
+            logger.info("Pacing works again: Redis answers")
+            self._outage = False
         self._pending = 0.0
         self._synced_at = time.monotonic()
         self.pressure = float(pressure)
@@ -557,6 +605,8 @@ def current_pace() -> float | None:
 def _forget() -> None:
     global _pacer, _pressure
     _pacer = _pressure = None
+    _connections.clear()
+    _scripts.clear()
 
 
 os.register_at_fork(after_in_child=_forget)
