@@ -82,7 +82,8 @@ def test_a_request_still_in_flight_makes_pressure():
     pressure = pacing.Pressure()
     pressure._thread = object()
     started = time.monotonic() - 5.0  # stuck in the database for 5 s, say
-    token = pressure.begin(started)
+    token = 1
+    pressure.begin(token, started)
     pressure._window_start = time.monotonic() - 1.0
     assert pressure.sample() == pytest.approx(1.0, abs=0.01)  # busy the whole window
     time.sleep(0.01)

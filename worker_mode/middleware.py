@@ -71,26 +71,34 @@ class WorkerModeMiddleware:
         refused = rejection(request)
         if refused is not None:
             return refused
-        if not counted():
+        if not pacing.enabled():  # (counted(), inlined)
             return self.get_response(request)
+        # Inlined (Pressure.begin/record): this runs on every request of a request node.
         pressure = pacing.request_pressure()
-        started = time.monotonic()
-        token = pressure.begin(started)
+        active = pressure.active
+        started = active[id(request)] = time.monotonic()
         try:
             return self.get_response(request)
         finally:
-            pressure.record(started, time.monotonic(), _view(request), token)
+            del active[id(request)]
+            pressure.requests.append((started, time.monotonic(), _view(request)))
+            if pressure._thread is None:
+                pressure._start_thread()
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         refused = rejection(request)
         if refused is not None:
             return refused
-        if not counted():
+        if not pacing.enabled():  # (counted(), inlined)
             return await self.get_response(request)
+        # Inlined (Pressure.begin/record): this runs on every request of a request node.
         pressure = pacing.request_pressure()
-        started = time.monotonic()
-        token = pressure.begin(started)
+        active = pressure.active
+        started = active[id(request)] = time.monotonic()
         try:
             return await self.get_response(request)
         finally:
-            pressure.record(started, time.monotonic(), _view(request), token)
+            del active[id(request)]
+            pressure.requests.append((started, time.monotonic(), _view(request)))
+            if pressure._thread is None:
+                pressure._start_thread()

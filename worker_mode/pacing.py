@@ -36,7 +36,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import itertools
 import logging
 import math
 import os
@@ -256,7 +255,6 @@ class Pressure:
         self.requests: collections.deque[tuple[float, float, str]] = collections.deque(maxlen=100_000)
         #: Requests in flight: token -> start. A request stuck in the database still makes pressure.
         self.active: dict[int, float] = {}
-        self._tokens = itertools.count()
         self._window_start = time.monotonic()
         self.baselines: dict[str, float] = {}
         #: Whether background work ran lately (the last publication's answer): requests served
@@ -267,14 +265,12 @@ class Pressure:
         self._lock = threading.Lock()
         self._failing_until = 0.0
 
-    def begin(self, started: float) -> int:
-        """A request starts (monotonic time); returns the token ``record`` takes."""
-        token = next(self._tokens)
+    def begin(self, token: int, started: float) -> None:
+        """Request ``token`` (e.g. ``id(request)``) starts at ``started`` (monotonic)."""
         self.active[token] = started
-        return token
 
     def record(self, started: float, ended: float, view: str, token: int | None = None) -> None:
-        """One request served (monotonic times): with ``begin``, the request path's whole cost."""
+        """One request served (monotonic times). WorkerModeMiddleware does the same inline."""
         if token is not None:
             self.active.pop(token, None)
         self.requests.append((started, ended, view))
@@ -361,9 +357,12 @@ _pressure: Pressure | None = None
 
 def request_pressure() -> Pressure:
     """This process's ``Pressure`` (one per process; a forked child starts its own)."""
+    return _pressure or _new_pressure()
+
+
+def _new_pressure() -> Pressure:
     global _pressure
-    if _pressure is None:
-        _pressure = Pressure()
+    _pressure = Pressure()
     return _pressure
 
 
