@@ -17,7 +17,7 @@ from django.core.checks import run_checks
 from django.core.management import call_command
 from django.test import override_settings
 
-from tests.conftest import check_error_codes, free_port, http_get, wait_for_http, wait_until
+from tests.conftest import check_error_codes, free_port, http_get, is_postgres, wait_for_http, wait_until
 from worker_mode import pacing
 
 PACED = {"WORKER_MODE": "", "WORKER_MODE_PACING_BUDGET": 0.5}
@@ -47,6 +47,21 @@ def spend(pacer: pacing.Pacer, seconds: float) -> None:
 def tat(redis_conn) -> float:
     value = redis_conn.hget(pacing.BUDGET_KEY, "tat")
     return float(value) if value else 0.0
+
+
+def synchronous_commit() -> str:
+    """The session's ``synchronous_commit`` on the default connection (PostgreSQL)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+#: Relaxed commits are PostgreSQL's ``synchronous_commit``; on SQLite the wrapper does nothing.
+postgres_only = pytest.mark.skipif(
+    not is_postgres(), reason="synchronous_commit is PostgreSQL's: these run in CI's PostgreSQL pass"
+)
 
 
 # -- request pressure ---------------------------------------------------------------------------
@@ -283,76 +298,59 @@ def test_an_import_in_a_worker_yields_between_batches_under_pressure(fresh, admi
     assert seen and seen[0] is not None and seen[0] < 1  # it yielded between batches, and said so
 
 
+@postgres_only
 @override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
 @pytest.mark.django_db(transaction=True)  # the batch's transaction is the real one, not a savepoint
 def test_listed_keys_commit_without_waiting_for_the_flush_under_pressure_only(fresh):
-    from django.db import connection, transaction
+    from django.db import transaction
 
-    from tests.conftest import is_postgres
     from worker_mode.claims import transaction_id
-
-    if not is_postgres():
-        pytest.skip("synchronous_commit is PostgreSQL's; on SQLite the wrapper does nothing")
-
-    def setting() -> str:
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW synchronous_commit")
-            return cursor.fetchone()[0]
 
     press(1.0)
     pacer = pacing.Pacer()
     pacer.pressure, pacer._synced_at = 1.0, time.monotonic()  # as after its last look at Redis
     with pacer.job("workflow:process"):
-        assert setting() == "off"
+        assert synchronous_commit() == "off"
         with transaction.atomic():
             transaction_id()  # a commit whose outcome may be asked about is durable all the same
-            assert setting() == "on"
-        assert setting() == "off"
+            assert synchronous_commit() == "on"
+        assert synchronous_commit() == "off"
     with pacer.job("async-task:process"):  # not listed
-        assert setting() == "on"
+        assert synchronous_commit() == "on"
     fresh.delete(pacing.PRESSURE_KEY)
     pacer.pressure = 0.0
     with pacer.job("workflow:process"):  # no pressure: durable again
-        assert setting() == "on"
+        assert synchronous_commit() == "on"
 
 
+@postgres_only
 @override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
 @pytest.mark.django_db(transaction=True)
 def test_a_reset_undone_by_a_rollback_is_sent_again(fresh):
-    from django.db import connection, transaction
-
-    from tests.conftest import is_postgres
-
-    if not is_postgres():
-        pytest.skip("synchronous_commit is PostgreSQL's; on SQLite the wrapper does nothing")
-
-    def setting() -> str:
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW synchronous_commit")
-            return cursor.fetchone()[0]
+    from django.db import transaction
 
     pacer = pacing.Pacer()
     pacer.pressure, pacer._synced_at = 1.0, time.monotonic()
     with pacer.job("workflow:process"):
-        assert setting() == "off"
+        assert synchronous_commit() == "off"
     pacer.pressure = 0.0
     with pacer.job("workflow:process"):  # durable again, first asked inside a transaction that fails
         with contextlib.suppress(RuntimeError), transaction.atomic():
-            assert setting() == "on"
+            assert synchronous_commit() == "on"
             raise RuntimeError  # the rollback undoes the RESET
-        assert setting() == "on"
+        assert synchronous_commit() == "on"
         with transaction.atomic():
-            assert setting() == "on"
+            assert synchronous_commit() == "on"
     with pacer.job("async-task:process"):  # not listed: never off
-        assert setting() == "on"
+        assert synchronous_commit() == "on"
     pacer.pressure, pacer._synced_at = 1.0, time.monotonic()
     # relaxed first inside a transaction that fails
     with pacer.job("workflow:process"), contextlib.suppress(RuntimeError), transaction.atomic():
-        assert setting() == "off"
+        assert synchronous_commit() == "off"
         raise RuntimeError
     pacer.pressure = 0.0
     with pacer.job("async-task:process"), transaction.atomic():
-        assert setting() == "on"
+        assert synchronous_commit() == "on"
 
 
 @override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
