@@ -14,6 +14,8 @@ from django.db import models
 from django.http import QueryDict
 from django.test import RequestFactory
 
+from worker_mode import pacing
+
 from .exceptions import FileRejected
 from .formats import CsvWriter, XlsxWriter, neutralize
 from .spec import ModelSpec
@@ -133,10 +135,10 @@ def export(
     writer.writerows([[f.name for f in fields]])
     rows: Iterable[tuple] = queryset.values_list(*(f.attname for f in fields)).iterator(chunk_size=chunk)
     convert = _row_function(fields, fmt)
-    if convert is not None:
-        rows = map(convert, rows)
     written = 0
     for block in _chunks(rows, chunk):
+        if convert is not None:
+            block = list(map(convert, block))
         writer.writerows(block)
         written += len(block)
         if progress is not None:
@@ -146,6 +148,12 @@ def export(
 
 
 def _chunks(rows: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
+    """``rows`` in lists of ``size``. Each list's fetch counts as pacing's database time: the rows
+    come from a server-side cursor (on PostgreSQL) whose fetches no execute wrapper sees."""
     iterator = iter(rows)
-    while block := list(itertools.islice(iterator, size)):
+    while True:
+        with pacing.measure():
+            block = list(itertools.islice(iterator, size))
+        if not block:
+            return
         yield block

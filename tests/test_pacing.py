@@ -212,6 +212,27 @@ def test_without_redis_work_runs_unpaced(fresh):
 
 
 @pytest.mark.django_db
+def test_an_exports_fetches_are_metered(monkeypatch):
+    """Besides its one query, each chunk's fetch counts (from a server-side cursor on PostgreSQL,
+    which no execute wrapper sees)."""
+    from async_tasks import exporter
+    from async_tasks.spec import get_spec
+    from catalog.models import Product
+
+    Product.objects.bulk_create(Product(sku=f"S{i:03d}", name="n", price=1, quantity=i) for i in range(25))
+    pacer = pacing.pacer()
+    measured = []
+    measure = pacer.meter.measure
+    monkeypatch.setattr(pacer.meter, "measure", lambda: measured.append(1) or measure())
+    fields = list(get_spec("catalog.Product").fields)
+    with pacer.job("async-task:process"):
+        written = exporter.export(Product.objects.order_by("pk"), fields, "csv", io.BytesIO(), chunk=10)
+    assert written == 25
+    # At least 1 SQL statement, then 4 fetches: three chunks and the empty one that ends the rows.
+    assert len(measured) >= 1 + 4
+
+
+@pytest.mark.django_db
 def test_sql_statements_of_a_job_are_metered():
     from django.db import connection
 
