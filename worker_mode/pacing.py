@@ -27,6 +27,9 @@ between maintenance and queries:
 - **Visible.** Each paced process records its pace (the share of its time it works rather than
   yields) for the Cluster page and ``/metrics``; an async task's progress carries it.
 
+Periodic tasks (``worker_mode.periodic``: recovery sweeps, schedules) are not paced: they are
+short, and recovering a lost node's work must not wait behind request pressure.
+
 Redis is consulted at most every ``SYNC_INTERVAL`` while there is no pressure; if it does not
 answer, background work runs unpaced (requests are never slowed by pacing's own failures).
 """
