@@ -28,7 +28,7 @@ from worker_mode.tasks import (
     task,
     task_backends,
 )
-from worker_mode.workers import DjangoWorker
+from worker_mode.workers import DjangoForkWorker, DjangoWorker
 
 from . import tasks as defs
 from .conftest import check_error_codes
@@ -39,10 +39,11 @@ BACKEND = "worker_mode.tasks.RQBackend"
 no_database = pytest.mark.engine_independent
 
 
-def drain(key: str, **work: bool) -> None:
-    """Run what is queued on ``key`` in this process, as worker_mode's worker of a node does."""
+def drain(key: str, worker_class: type = DjangoWorker, **work: bool) -> None:
+    """Run what is queued on ``key`` with worker_mode's worker class, as a node does (in this process;
+    DjangoForkWorker forks a work horse per job)."""
     queue = get_queue(key)
-    DjangoWorker([queue], connection=queue.connection).work(burst=True, **work)
+    worker_class([queue], connection=queue.connection).work(burst=True, **work)
 
 
 @pytest.fixture
@@ -131,12 +132,13 @@ def test_redis_down_at_commit_is_logged_and_outside_a_transaction_raised(redis_c
 
 
 @no_database
-def test_results_through_the_tasks_api(redis_conn):
+@pytest.mark.parametrize("worker_class", [DjangoWorker, DjangoForkWorker])
+def test_results_through_the_tasks_api(redis_conn, worker_class):
     ok = defs.add.enqueue(2, 3)
     bad = defs.fail.enqueue("boom")
     itself = defs.look_at_itself.enqueue()
     later = defs.add_later.enqueue(4, 5)
-    drain(WF)
+    drain(WF, worker_class)
 
     ok = defs.add.get_result(ok.id)
     assert ok.status == TaskResultStatus.SUCCESSFUL and ok.return_value == 5
@@ -260,6 +262,7 @@ def test_e021_result_ttl():
 
 
 @no_database
+@pytest.mark.django_db  # Django 6.1's check command asks the database about model fields
 @override_settings(TASKS={"default": {"BACKEND": BACKEND, "QUEUES": ["reports:x"]}})
 def test_check_command_refuses_a_bad_task_queue():
     with pytest.raises(SystemCheckError, match=r"worker_mode\.E020.*reports:x"):
