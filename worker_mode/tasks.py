@@ -13,13 +13,14 @@ and re-exports its ``task``, ``Task``, ``TaskResult``, ``TaskResultStatus``,
 ``TaskContext``, ``TaskError`` and ``task_backends``, so apps import them from here and
 work on both.
 
-Why not ``django-tasks-rq``: its jobs need their own rq ``Job`` class on the worker
-(``--job-class django_tasks_rq.Job``), and that class refuses every job that is not a
-task; a service key's queue carries both (``worker_mode.enqueue`` jobs and tasks), so
-its workers could not run the key's other jobs. Here a task is an ordinary rq job that
-calls :func:`execute`, which any rq worker runs: worker_mode's ``DjangoWorker`` and
-``DjangoForkWorker`` (with pacing, database hygiene) need no flag. It also enqueues on
-commit whatever the Tasks framework's version, and names the service keys in its errors.
+Why not ``django-tasks-rq`` (0.12): its workers need its own
+rq ``Job`` class (``--job-class django_tasks_rq.Job``), which refuses every job that is
+not a task, while a service key's queue carries both (``worker_mode.enqueue`` jobs and
+tasks); it enqueues at once, not on commit; its ``get_result`` reads only django-rq's
+``default`` connection, where keys have their own queues (and may have their own Redis);
+and it needs the backport and rq-scheduler even on Django 6. Here a task is an ordinary
+rq job that calls :func:`execute`, which any rq worker runs: worker_mode's
+``DjangoWorker`` and ``DjangoForkWorker`` (pacing, database hygiene) need no flag.
 """
 
 from __future__ import annotations
@@ -254,11 +255,10 @@ def _one_key_per_server(keys: tuple[str, ...]) -> Iterator[str]:
 
 
 def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    if timezone.is_naive(moment):
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment if settings.USE_TZ else timezone.make_naive(moment)
+    """rq 2's times (aware, UTC) as Django's settings want them."""
+    if moment is None or settings.USE_TZ:
+        return moment
+    return timezone.make_naive(moment)
 
 
 def task_result(job: Job, status: Any = None) -> Any:
