@@ -88,12 +88,13 @@ def test_the_default_queue_name_is_no_service_key(forget_new_tasks):
 
 
 @no_database
-def test_a_task_goes_to_its_service_keys_queue(redis_conn):
+def test_a_task_goes_to_its_service_keys_queue(redis_conn, caplog):
     result = defs.pid.enqueue()  # outside a transaction: sent at once
     assert result.status == TaskResultStatus.READY and result.enqueued_at is not None
     assert Job.fetch(result.id, connection=redis_conn).origin == AT
     assert get_queue(AT).job_ids == [result.id]
     assert get_queue(WF).count == 0
+    assert f"No live node serves {AT}" in caplog.text  # as for worker_mode.enqueue's jobs
 
 
 @pytest.mark.django_db(transaction=True)

@@ -45,6 +45,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
+from .coverage import warn_if_uncovered
 from .exceptions import UnknownServiceKey
 from .queues import get_connection, get_queue, server_of
 from .registry import services
@@ -214,6 +215,7 @@ class RQBackend(BaseTaskBackend):
                 job = queue.schedule_job(job, task.run_after)
             object.__setattr__(result, "enqueued_at", job.enqueued_at or timezone.now())
             task_enqueued.send(type(self), task_result=result)
+            warn_if_uncovered(task.queue_name)  # as worker_mode.enqueue: no task waits unnoticed
 
         def send_at_commit() -> None:
             try:
