@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django
 from django.core.exceptions import ImproperlyConfigured
 
 from worker_mode.queues import ServiceQueues
@@ -124,6 +125,9 @@ WORKER_MODE_REDIS_URLS = env_pairs("WORKER_MODE_REDIS_URLS", "async-task:process
 RQ_QUEUES = ServiceQueues()
 # django-rq's admin entry asks only for is_staff; worker_mode serves its pages with permissions.
 RQ_SHOW_ADMIN_LINK = False
+# Django's Tasks API on the service keys' queues: @task(queue_name="workflow:process") runs on the
+# nodes serving that key (README "Background work with Django's Tasks API").
+TASKS = {"default": {"BACKEND": "worker_mode.tasks.RQBackend"}}
 
 # Models workflows may trigger on and read/write (the demo collection).
 WORKFLOWS_COLLECTIONS = env_list("WORKFLOWS_COLLECTIONS", "catalog.Product,catalog.Order")
@@ -160,6 +164,8 @@ INSTALLED_APPS = [
     "async_tasks",
     "nocobase_site",  # the site's own checks (nocobase_site.E001)
 ]
+if django.VERSION < (6, 0):
+    INSTALLED_APPS.append("django_tasks")  # the Tasks framework's backport: its checks and log signals
 
 MIDDLEWARE = [
     # First, so that nothing below answers on a node that does not serve requests.

@@ -394,6 +394,94 @@ def check_claim_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any
     return errors
 
 
+def _task_backends() -> list[tuple[str, dict[str, Any]]]:
+    """The aliases and settings of the TASKS backends that are worker_mode's."""
+    from .tasks import RQBackend
+
+    found = []
+    configured = getattr(settings, "TASKS", None)
+    for alias, params in (configured if isinstance(configured, dict) else {}).items():
+        try:
+            backend_class = import_string(params["BACKEND"])
+        except (ImportError, KeyError, TypeError, AttributeError):
+            continue  # not ours to judge: the Tasks framework refuses it when it loads the backend
+        if isinstance(backend_class, type) and issubclass(backend_class, RQBackend):
+            found.append((alias, params))
+    return found
+
+
+@register(Tags.compatibility)
+def check_tasks(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E020: a task's queue_name, or a worker_mode task backend's QUEUES, is not a registered key.
+    E021: the backend's OPTIONS.
+
+    Django's Tasks framework keeps no list of tasks, so this sees the tasks its backend
+    validated when they were defined: those of every module imported by now, after it
+    imports each installed app's ``tasks`` module. A task defined in a module imported
+    later is checked when it is defined (``@task`` raises ``UnknownTaskQueue``, an
+    ``InvalidTask``); one defined while the apps load, before the keys are registered,
+    is only seen here. Silent without a Tasks framework (Django 5.2 without the backport).
+    """
+    try:
+        from . import tasks
+    except ImportError:
+        return []
+    from django.utils.module_loading import autodiscover_modules
+
+    errors: list[CheckMessage] = []
+    backends = _task_backends()
+    for alias, params in backends:
+        queues = params.get("QUEUES")
+        if queues is not None and not (
+            isinstance(queues, (list, tuple, set, frozenset)) and all(isinstance(q, str) for q in queues)
+        ):
+            errors.append(
+                Error(
+                    f"TASKS[{alias!r}]['QUEUES'] must be a list of service keys.",
+                    hint=f"For example {list(services.keys())[:1]!r}; leave it out to allow every key.",
+                    id="worker_mode.E020",
+                )
+            )
+            continue
+        errors += [
+            _unknown_key(f"TASKS[{alias!r}]['QUEUES']", key, "worker_mode.E020")
+            for key in queues or ()
+            if key not in services
+        ]
+        ttl = (params.get("OPTIONS") or {}).get("RESULT_TTL", tasks.DEFAULT_RESULT_TTL)
+        errors += _unless(
+            _is_whole(ttl, 1),
+            f"TASKS[{alias!r}]['OPTIONS']['RESULT_TTL'] must be seconds >= 1, not {ttl!r}.",
+            f"How long a finished task's result stays readable; the default is {tasks.DEFAULT_RESULT_TTL}.",
+            "worker_mode.E021",
+        )
+    if not backends:
+        return errors
+    autodiscover_modules("tasks")
+    for task in tasks.defined_tasks():
+        try:
+            backend = task.get_backend()
+        except tasks.InvalidTaskBackend:  # an alias no longer in TASKS: the framework's own check
+            continue
+        if not isinstance(backend, tasks.RQBackend):
+            continue
+        keys = backend.service_keys()
+        if task.queue_name in keys:
+            continue
+        suggestion = did_you_mean(task.queue_name, keys)
+        errors.append(
+            Error(
+                f"Task {task.module_path} names unknown service key {task.queue_name!r}."
+                if task.queue_name not in services
+                else f"Task {task.module_path}: {task.queue_name!r} is not in its backend's QUEUES.",
+                hint=(f"Did you mean {suggestion!r}? " if suggestion else "")
+                + f"Its backend {backend.alias!r} takes: {', '.join(keys) or 'none'}.",
+                id="worker_mode.E020",
+            )
+        )
+    return errors
+
+
 #: Words of a token nobody replaced.
 _PLACEHOLDERS = ("change-me", "changeme", "change_me", "replace-me", "secret", "token", "example")
 
@@ -422,6 +510,7 @@ def startup_errors() -> list[CheckMessage]:
         *check_queues(),
         *check_process_settings(),
         *check_claim_settings(),
+        *check_tasks(),
         *check_metrics_token(),
     ]
     silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", []))

@@ -1,0 +1,45 @@
+"""Tasks the tests enqueue (Django's Tasks API on worker_mode.tasks.RQBackend, the site's TASKS)."""
+
+from __future__ import annotations
+
+import os
+
+from worker_mode.tasks import task
+
+WF, AT = "workflow:process", "async-task:process"
+
+
+@task(queue_name=WF)
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(queue_name=WF)
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@task(queue_name=AT)
+def pid() -> int:
+    return os.getpid()
+
+
+@task(queue_name=WF, takes_context=True)
+def look_at_itself(context) -> dict:
+    """What a running task sees of itself, through its context and through the Tasks API."""
+    result = context.task_result
+    return {
+        "id": result.id,
+        "attempt": context.attempt,
+        "worker_ids": result.worker_ids,
+        "status_seen_by_get_result": look_at_itself.get_result(result.id).status,
+    }
+
+
+@task(queue_name=WF)
+async def add_later(a: int, b: int) -> int:
+    return a + b
+
+
+def undecorated() -> None:
+    """Made a task by the tests themselves, with the queue names they need."""
