@@ -10,6 +10,7 @@ metadata fails here.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -375,3 +376,37 @@ def test_the_readme_of_the_distribution_names_every_setting_and_check():
     source = " ".join(path.read_text() for path in (ROOT / "worker_mode").glob("*.py"))
     ids = set(re.findall(r"worker_mode\.[EW]\d{3}", source))
     assert ids and sorted(i for i in ids if f"`{i}`" not in readme) == []
+
+
+def _imported_by_worker_mode() -> dict[str, set[str]]:
+    """Top-level modules worker_mode imports (absolute imports), each with the files that do."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "worker_mode").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_worker_mode_imports_nothing_of_the_site_and_only_its_dependencies():
+    imported = _imported_by_worker_mode()
+    site = {"workflows", "async_tasks", "api_tokens", "catalog", "nocobase_site", "tests", "lab", "bench"}
+    assert {name: files for name, files in imported.items() if name in site} == {}
+    declared = {
+        "worker_mode",
+        "django",
+        "asgiref",  # Django's own dependency
+        "django_rq",
+        "rq",
+        "redis",
+        "prometheus_client",  # django-rq[prometheus]
+        "psycopg",  # only on a PostgreSQL connection, whose Django backend needs it anyway
+    }
+    third_party = {name: files for name, files in imported.items() if name not in sys.stdlib_module_names}
+    assert {name: files for name, files in third_party.items() if name not in declared} == {}
