@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import django
 import pytest
 import redis
 
@@ -117,9 +118,10 @@ validate()
 """
 
 PROBE = """
-import importlib.metadata, json, sys, worker_mode
+import django, importlib.metadata, json, sys, worker_mode
 print(json.dumps({"file": worker_mode.__file__, "version": worker_mode.__version__,
-                  "installed": importlib.metadata.version("django-worker-mode"), "path": sys.path}))
+                  "installed": importlib.metadata.version("django-worker-mode"), "path": sys.path,
+                  "django": django.__version__}))
 """
 
 
@@ -237,8 +239,16 @@ def project(
     client = redis.Redis.from_url(fresh.redis_url)
     try:
         subprocess.run([sys.executable, "-m", "venv", str(fresh.venv)], check=True, timeout=120)
+        # The Django of this session, so a version matrix proves each of its Djangos here too.
         _run_or_skip_offline(
-            [str(fresh.venv / "bin" / "python"), "-m", "pip", "install", str(wheel)],
+            [
+                str(fresh.venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                str(wheel),
+                f"Django=={django.__version__}",
+            ],
             "pip install django-worker-mode",
         )
         fresh.directory.mkdir()
@@ -306,6 +316,7 @@ def test_worker_mode_comes_from_the_wheel_and_nothing_of_this_repository(project
     assert Path(seen["file"]).resolve().is_relative_to(project.venv.resolve())
     assert not [p for p in seen["path"] if Path(p or project.directory).resolve().is_relative_to(ROOT)]
     assert seen["version"] == seen["installed"] == worker_mode.__version__  # one source: __version__
+    assert seen["django"] == django.__version__
     site = project.shell("import importlib.util; print(importlib.util.find_spec('workflows'))")
     assert site == "None"  # the site's apps stay in the site
 
