@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run stop test lint format bench bench-workflows bench-import-export bench-isolation bench-lab cluster lab clean
+.PHONY: install run stop test lint format dist bench bench-workflows bench-import-export bench-isolation bench-lab cluster lab clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml packaging/django-worker-mode/pyproject.toml
 	scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
 	@touch $(STAMP)
 
@@ -49,6 +49,14 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Wheels and sdists of both distributions (django-worker-mode, nocobase-site) in dist/, checked
+# with twine. The wheel of django-worker-mode is built from its sdist, as pip would from PyPI.
+dist: install
+	rm -rf dist
+	$(PY) -m build --outdir dist packaging/django-worker-mode
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+
 bench: install
 	command -v valgrind >/dev/null || (. scripts/apt.sh && apt_install valgrind)
 	$(PY) bench/middleware.py --cpu 1
@@ -82,8 +90,8 @@ bench-lab: install
 
 # Needs PostgreSQL at DATABASE_URL; installs the 'bench' extra (django-import-export) for the comparison.
 bench-import-export: install
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet -e ./packaging/django-worker-mode -e '.[bench]'
 	$(PY) bench/import_export.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var dist build .pytest_cache .ruff_cache

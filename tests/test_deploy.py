@@ -167,6 +167,21 @@ def test_the_dockerfile_runs_runnode_and_stops_warmly():
     assert "/healthz" in text
 
 
+def test_the_dockerfile_installs_both_distributions_from_the_checkout():
+    import tomllib
+
+    text = (DEPLOY / "Dockerfile").read_text()
+    site = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    for pattern in site["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        assert f"COPY {package} ./{package}" in text
+    # django-worker-mode's project, and worker_mode/, its symlink's target.
+    assert "COPY packaging/django-worker-mode ./packaging/django-worker-mode" in text
+    assert "COPY worker_mode ./worker_mode" in text
+    # One command: the site's requirement on django-worker-mode is met by the checkout's.
+    assert "pip install ./packaging/django-worker-mode . " in text
+
+
 def _cluster_script():
     import importlib.util
 

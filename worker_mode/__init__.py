@@ -14,6 +14,9 @@ from .node import current_mode, served_keys, serving
 from .queues import enqueue, get_queue
 from .registry import PeriodicTask, Service, register_service, services
 
+#: The release of the django-worker-mode distribution; its build reads it from here (the one place).
+__version__ = "0.1.0"
+
 __all__ = [
     "InvalidWorkerMode",
     "PeriodicTask",

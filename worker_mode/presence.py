@@ -51,16 +51,12 @@ def get_connection() -> Redis:
 
 
 def _version() -> str:
-    """The version of the installed distribution that provides worker_mode (whatever the project
-    calls it), so the Cluster page shows which release each node runs."""
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+    """The release of worker_mode this node runs, for the Cluster page. Its own ``__version__``
+    (what the django-worker-mode build reads), not installed metadata: it is the code that runs,
+    even from a checkout, and needs no scan of every installed distribution."""
+    from . import __version__
 
-    for name in packages_distributions().get(__package__ or "worker_mode", []):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            continue
-    return "unknown"
+    return __version__
 
 
 def describe_process(role: str, *, processes: int = 1, services: list[str] | None = None) -> dict[str, Any]:
