@@ -52,6 +52,8 @@ WORKER_MODE_TESTS = [
 ]
 
 PYTHONS = ["3.11", "3.12", "3.13"]
+#: Where pyenv keeps its builds (besides PATH, where interpreters are looked for).
+PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
 #: Django series -> the pip constraint that holds a cell to it, and the oldest Python it supports.
 DJANGOS = {
     "5.2": ("Django>=5.2,<6.0", (3, 10)),
@@ -76,8 +78,9 @@ def _candidates(python: str) -> list[str]:
     """Where an interpreter of ``python`` (``"3.12"``) may be: PATH first, then pyenv's builds,
     newest patch release first."""
     found = [path] if (path := shutil.which(f"python{python}")) else []
-    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
-    builds = [p for p in pyenv.glob(f"{python}.*") if re.fullmatch(rf"{re.escape(python)}\.\d+", p.name)]
+    builds = [
+        p for p in PYENV_VERSIONS.glob(f"{python}.*") if re.fullmatch(rf"{re.escape(python)}\.\d+", p.name)
+    ]
     builds.sort(key=lambda p: int(p.name.rsplit(".", 1)[1]), reverse=True)
     found += [str(p / "bin" / f"python{python}") for p in builds]
     return found
@@ -161,7 +164,7 @@ def matrix(session: nox.Session, python_version: str, django: str) -> None:
     if interpreter(python_version) is None:
         message = (
             f"Python {python_version} not found (looked for python{python_version} on PATH and in "
-            f"~/.pyenv/versions/{python_version}.*)"
+            f"{PYENV_VERSIONS}/{python_version}.*)"
         )
         if os.environ.get("CI"):
             session.error(message)
