@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run stop test lint format dist bench bench-workflows bench-import-export bench-isolation bench-lab cluster lab clean
+.PHONY: install run stop test matrix lint format dist bench bench-workflows bench-import-export bench-isolation bench-lab cluster lab clean
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ test: install
 	scripts/ensure_browser.sh
 	scripts/ensure_lab.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# worker_mode's tests on every Python x Django pair this machine has an interpreter for (noxfile.py),
+# each in a fresh virtualenv under .nox/, then nox's summary (ran, failed, skipped and why).
+# NOX_ARGS: e.g. -s "matrix(py3.13-django6.1)" for one cell, -r to reuse the cells' virtualenvs.
+matrix: install
+	scripts/ensure_redis.sh install
+	$(VENV)/bin/nox $(NOX_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -94,4 +101,4 @@ bench-import-export: install
 	$(PY) bench/import_export.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var dist build .pytest_cache .ruff_cache
+	rm -rf $(VENV) var dist build .nox .pytest_cache .ruff_cache
