@@ -41,5 +41,19 @@ async def add_later(a: int, b: int) -> int:
     return a + b
 
 
+@task(queue_name=WF)
+def exits() -> None:
+    raise SystemExit(3)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+#: A task kept under another name than its function's: workers, which look a task up by its
+#: function's dotted path (``tests.tasks.double``), would find the plain function.
+renamed = task(queue_name=WF)(double)
+
+
 def undecorated() -> None:
     """Made a task by the tests themselves, with the queue names they need."""

@@ -129,6 +129,34 @@ def test_redis_down_at_commit_is_logged_and_outside_a_transaction_raised(redis_c
             defs.add.enqueue(1, 2)
 
 
+@no_database
+def test_a_task_workers_could_not_find_is_refused_when_enqueued(redis_conn):
+    with pytest.raises(InvalidTask, match=r"tests\.tasks\.double is not a task"):
+        defs.renamed.enqueue(2)
+    assert get_queue(WF).count == 0  # no job that could only fail on a worker
+
+
+@no_database
+def test_a_job_that_names_no_task_runs_nothing(redis_conn):
+    """Job data in Redis names what execute() imports: only a task may run, not any function."""
+    job = get_queue(WF).enqueue(backend_module.EXECUTE, "tests.jobs.mark", ["crafted"], {})
+    drain(WF)
+    assert redis_conn.get("test:done:crafted") is None
+    job = Job.fetch(job.id, connection=redis_conn)
+    assert job.is_failed and "tests.jobs.mark is not a task" in job.latest_result().exc_string
+    with pytest.raises(TaskResultDoesNotExist):  # nor is it any backend's result
+        task_backends["default"].get_result(job.id)
+
+
+@no_database
+def test_a_task_that_raises_system_exit_fails_with_that_class(redis_conn):
+    result = defs.exits.enqueue()
+    drain(WF)  # the worker survives it
+    failed = defs.exits.get_result(result.id)
+    assert failed.status == TaskResultStatus.FAILED
+    assert [error.exception_class for error in failed.errors] == [SystemExit]
+
+
 # -- results -----------------------------------------------------------------------------------
 
 
@@ -171,6 +199,15 @@ def test_a_result_belongs_to_its_task(redis_conn):
     plain = get_queue(WF).enqueue("tests.jobs.mark", "plain")  # a worker_mode job, not a task
     with pytest.raises(TaskResultDoesNotExist):
         task_backends["default"].get_result(plain.id)
+
+
+@no_database
+@override_settings(TASKS={"default": {"BACKEND": BACKEND}, "other": {"BACKEND": BACKEND, "QUEUES": [WF]}})
+def test_a_result_belongs_to_its_backend(redis_conn):
+    ok = defs.add.enqueue(1, 1)
+    assert task_backends["default"].get_result(ok.id).backend == "default"
+    with pytest.raises(TaskResultDoesNotExist):
+        task_backends["other"].get_result(ok.id)
 
 
 @no_database

@@ -182,6 +182,9 @@ class RQBackend(BaseTaskBackend):
         work that must survive a Redis outage belongs in a ``ClaimedWork`` row.
         """
         self.validate_task(task)
+        # Workers find the task by its function's dotted path; refuse here what they could not run.
+        if _task_at(task.module_path).func is not task.func:
+            raise InvalidTask(f"{task.module_path} is another task than the one enqueued.")
         result = TaskResult(
             task=task,
             id=uuid.uuid4().hex,
@@ -242,7 +245,8 @@ class RQBackend(BaseTaskBackend):
                 job = Job.fetch(result_id, connection=get_connection(key))
             except NoSuchJobError:
                 continue
-            if job.func_name == EXECUTE:
+            # A job of another backend is no result of this one, as in Django's database backend.
+            if job.func_name == EXECUTE and job.meta.get(_BACKEND) == self.alias:
                 return task_result(job)
         raise TaskResultDoesNotExist(result_id)
 
@@ -263,13 +267,29 @@ def _aware(moment: datetime | None) -> datetime | None:
     return timezone.make_naive(moment)
 
 
+def _task_at(path: str) -> Any:
+    """The task defined at ``path``: an rq job's data names a task, never any other callable."""
+    try:
+        found = import_string(path)
+    except ImportError as exc:
+        raise InvalidTask(
+            f"No task at {path}: a task must be a module-level function decorated with @task "
+            f"and kept under its own name ({exc})."
+        ) from exc
+    if not isinstance(found, Task):
+        raise InvalidTask(
+            f"{path} is not a task: a task must be a module-level function decorated with @task "
+            "and kept under its own name."
+        )
+    return found
+
+
 def task_result(job: Job, status: Any = None) -> Any:
     """The TaskResult of a task's rq job (``status``: the one to report instead of rq's)."""
     task_path, args, kwargs = job.args
     meta = job.meta
     run_after = meta.get(_RUN_AFTER)
-    defined = import_string(task_path)
-    task_obj = defined.using(
+    task_obj = _task_at(task_path).using(
         queue_name=job.origin,
         backend=meta.get(_BACKEND),
         run_after=datetime.fromisoformat(run_after) if run_after else None,
@@ -324,24 +344,28 @@ def execute(task_path: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     assert job is not None, "execute() runs as an rq job"
     job.meta.setdefault(_WORKERS, []).append(job.worker_name or "")
     job.save_meta()
-    running = task_result(job, TaskResultStatus.RUNNING)
-    defined = running.task
-    sender = type(defined.get_backend())
-    task_started.send(sender, task_result=running)
+    sender = None
     try:
+        # Inside the try: a path that names no task (or a module this worker cannot import)
+        # fails the task with its own exception class, as a task that raises does.
+        running = task_result(job, TaskResultStatus.RUNNING)
+        defined = running.task
+        sender = type(defined.get_backend())
+        task_started.send(sender, task_result=running)
         if defined.takes_context:
             value = defined.call(TaskContext(task_result=running), *args, **kwargs)
         else:
             value = defined.call(*args, **kwargs)
         value = _json(value)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: rq fails the job for them
         job.meta.setdefault(_ERRORS, []).append(f"{type(exc).__module__}.{type(exc).__qualname__}")
         job.save_meta()
-        failed = task_result(job, TaskResultStatus.FAILED)
-        failed.errors.append(
-            TaskError(exception_class_path=job.meta[_ERRORS][-1], traceback=traceback.format_exc())
-        )
-        task_finished.send(sender, task_result=failed)
+        if sender is not None:
+            failed = task_result(job, TaskResultStatus.FAILED)
+            failed.errors.append(
+                TaskError(exception_class_path=job.meta[_ERRORS][-1], traceback=traceback.format_exc())
+            )
+            task_finished.send(sender, task_result=failed)
         raise
     done = task_result(job, TaskResultStatus.SUCCESSFUL)
     object.__setattr__(done, "_return_value", value)
