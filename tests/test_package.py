@@ -1,6 +1,7 @@
 """django-worker-mode as a stranger's project gets it: the wheel, built from the sdist, installed
-into a fresh virtualenv; a project made by ``django-admin startproject`` with one small app that
-registers two service keys; and real processes run from that project with a clean environment.
+with its ``tasks`` extra into a fresh virtualenv; a project made by ``django-admin startproject``
+with one small app that registers two service keys and defines a task; and real processes run
+from that project with a clean environment.
 
 Nothing of this repository may be on the children's ``sys.path``: the project's app refuses to
 start if it is, and ``worker_mode`` must come from the virtualenv. pip takes the dependencies
@@ -78,6 +79,14 @@ THUMBS = {
         def make(path, text):
             Path(path).write_text(text)
     """,
+    "tasks.py": """
+        from worker_mode.tasks import task
+
+
+        @task(queue_name="thumbs:process")
+        def make_thumbnail(image_id: int) -> str:
+            return f"thumbnail of {image_id}"
+    """,
     "views.py": """
         from django.http import HttpResponse
 
@@ -99,6 +108,13 @@ MIDDLEWARE = ["worker_mode.middleware.WorkerModeMiddleware", *MIDDLEWARE]
 WORKER_MODE = os.environ.get("WORKER_MODE", "")
 REDIS_URL = os.environ["REDIS_URL"]
 RQ_QUEUES = ServiceQueues()
+
+# Django's Tasks API, as the README's "Background work" section says.
+TASKS = {"default": {"BACKEND": "worker_mode.tasks.RQBackend"}}
+import django
+
+if django.VERSION < (6, 0):
+    INSTALLED_APPS += ["django_tasks"]  # the backport, from the `tasks` extra
 """
 
 URLS = """
@@ -246,7 +262,7 @@ def project(
                 "-m",
                 "pip",
                 "install",
-                str(wheel),
+                f"{wheel}[tasks]",  # the backport of django.tasks on Django 5.2, as the README says
                 f"Django=={django.__version__}",
             ],
             "pip install django-worker-mode",
@@ -347,6 +363,27 @@ def test_runworkers_burst_runs_only_the_served_queues(project, tmp_path):
         "print(get_queue('thumbs:process').count, get_queue('other:process').count)"
     )
     assert counts.split() == ["0", "1"]  # the other key's job waits for a node that serves it
+
+
+def test_a_task_runs_on_a_node_serving_its_key_and_any_process_reads_its_result(project):
+    enqueued = project.shell(
+        "from django.db import transaction\n"
+        "from thumbs.tasks import make_thumbnail\n"
+        "with transaction.atomic():\n"
+        "    result = make_thumbnail.enqueue(7)\n"
+        "print(result.id)"
+    )
+    done = project.manage("runworkers", "--burst", worker_mode="thumbs:process", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = project.shell(
+        "import json\n"
+        "from thumbs.tasks import make_thumbnail\n"
+        f"result = make_thumbnail.get_result({enqueued!r})\n"
+        "print(json.dumps([result.status, result.return_value, result.worker_ids]))"
+    )
+    status, value, workers = json.loads(seen)
+    assert (status, value) == ("SUCCESSFUL", "thumbnail of 7")
+    assert len(workers) == 1
 
 
 def test_runnode_serves_requests_on_a_request_node_and_503s_on_a_worker_node(project, tmp_path):
