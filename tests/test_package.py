@@ -327,6 +327,32 @@ def test_the_distribution_holds_worker_mode_alone(built):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_sites_wheel_holds_its_templates_and_static_files(tmp_path):
+    """The site's distribution (make dist) too: its packages' data files are in its wheel. Built
+    from a copy of the tracked files, as in a fresh clone: a checkout's egg-info from an earlier
+    build would list them for setuptools."""
+    packages = ["workflows", "async_tasks", "catalog", "api_tokens", "nocobase_site"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "pyproject.toml", "README.md", "LICENSE", *packages],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    source = tmp_path / "source"
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    _run_or_skip_offline(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(source)],
+        "python -m build",
+    )
+    [wheel] = (tmp_path / "dist").glob("nocobase_site-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = [name for name in tracked if name.split("/")[0] in packages and not name.endswith(".py")]
+    assert data and [name for name in data if name not in names] == []
+
+
 def test_worker_mode_comes_from_the_wheel_and_nothing_of_this_repository(project):
     seen = json.loads(project.shell(PROBE))
     assert Path(seen["file"]).resolve().is_relative_to(project.venv.resolve())
