@@ -130,10 +130,22 @@ def test_redis_down_at_commit_is_logged_and_outside_a_transaction_raised(redis_c
 
 
 @no_database
-def test_a_task_workers_could_not_find_is_refused_when_enqueued(redis_conn):
+def test_a_task_workers_could_not_find_is_refused_when_enqueued(redis_conn, forget_new_tasks):
+    renamed = task(queue_name=WF)(defs.double)  # `renamed = ...` in a module: not at tests.tasks.double
     with pytest.raises(InvalidTask, match=r"tests\.tasks\.double is not a task"):
-        defs.renamed.enqueue(2)
+        renamed.enqueue(2)
     assert get_queue(WF).count == 0  # no job that could only fail on a worker
+
+
+@no_database
+def test_e022_a_task_workers_could_not_find(forget_new_tasks):
+    task(queue_name=WF)(defs.double)
+    [error] = checks.check_tasks()
+    assert (error.id, error.msg) == (
+        "worker_mode.E022",
+        "Task tests.tasks.double is not at its path: workers cannot run it.",
+    )
+    assert "module-level function decorated with @task" in error.hint
 
 
 @no_database
@@ -266,7 +278,7 @@ def test_e020_a_task_on_a_key_that_is_no_longer_registered(forget_new_tasks):
         task(queue_name="thumbs:process")(defs.undecorated)
     finally:
         services.unregister("thumbs:process")
-    [error] = checks.check_tasks()
+    [error] = [e for e in checks.check_tasks() if e.id == "worker_mode.E020"]  # (and E022: undecorated)
     assert error.id == "worker_mode.E020"
     assert error.msg == "Task tests.tasks.undecorated names unknown service key 'thumbs:process'."
     assert "'default' takes: workflow:process, async-task:process" in error.hint
