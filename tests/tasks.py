@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from worker_mode.tasks import task
 
@@ -44,6 +45,12 @@ async def add_later(a: int, b: int) -> int:
 @task(queue_name=WF)
 def exits() -> None:
     raise SystemExit(3)
+
+
+@task(queue_name=WF)
+def wait(seconds: float) -> str:
+    time.sleep(seconds)  # the work a task simulates; the tests kill or freeze its process meanwhile
+    return "waited"
 
 
 def double(x: int) -> int:

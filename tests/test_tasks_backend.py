@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import os
+import signal
 
 import pytest
 from django.core.management import call_command
@@ -31,7 +33,7 @@ from worker_mode.tasks import (
 from worker_mode.workers import DjangoForkWorker, DjangoWorker
 
 from . import tasks as defs
-from .conftest import check_error_codes
+from .conftest import check_error_codes, wait_until
 
 WF, AT = defs.WF, defs.AT
 BACKEND = "worker_mode.tasks.RQBackend"
@@ -261,6 +263,45 @@ def test_only_nodes_serving_the_key_run_a_task_and_any_process_reads_the_result(
     ran = defs.pid.get_result(elsewhere.id)
     assert ran.status == TaskResultStatus.SUCCESSFUL and ran.worker_ids[0].startswith("node-at.")
     assert ran.return_value == int(ran.worker_ids[0].rsplit(".", 1)[1])  # that worker's process ran it
+
+
+def _status_is(task, result_id: str, status: str):
+    """The task's result once it has ``status``, else None (for wait_until)."""
+    result = task.get_result(result_id)
+    return result if result.status == status else None
+
+
+@no_database
+@pytest.mark.processes
+def test_a_task_whose_worker_is_killed_fails_when_the_worker_is_replaced(start_node, redis_conn):
+    result = defs.wait.enqueue(300)
+    node = start_node(["runworkers"], worker_mode=WF, WORKER_MODE_NODE_NAME="node-wf")
+    running = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.RUNNING), timeout=60)
+    os.kill(int(running.worker_ids[0].rsplit(".", 1)[1]), signal.SIGKILL)  # its worker process
+    # The supervisor's replacement fails it as it starts (rq alone: after 180 + 60 s, at its next
+    # maintenance, up to 10 minutes later).
+    failed = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.FAILED), timeout=60)
+    assert "AbandonedJobError" in failed.errors[-1].traceback, node.log
+    assert f"Task {result.id} (tests.tasks.wait, pid" in node.log
+
+
+@no_database
+@pytest.mark.processes
+def test_a_frozen_workers_task_is_not_failed_and_finishes(start_node, redis_conn):
+    result = defs.wait.enqueue(3)
+    node = start_node(["runworkers"], worker_mode=WF, WORKER_MODE_NODE_NAME="node-wf")
+    running = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.RUNNING), timeout=60)
+    pid = int(running.worker_ids[0].rsplit(".", 1)[1])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Another worker of this node starts (and looks for abandoned tasks) while it is frozen.
+        other = start_node(["runworkers", "--burst"], worker_mode=WF, WORKER_MODE_NODE_NAME="node-wf")
+        assert other.wait(timeout=60) == 0, other.log
+        assert defs.wait.get_result(result.id).status == TaskResultStatus.RUNNING
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    done = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.SUCCESSFUL), timeout=60)
+    assert done.return_value == "waited" and done.errors == [], node.log
 
 
 # -- the check ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -43,8 +44,10 @@ from redis import RedisError
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.results import Result
 
+from .conf import conf
 from .coverage import warn_if_uncovered
 from .exceptions import UnknownServiceKey
 from .queues import get_connection, get_queue, server_of
@@ -99,6 +102,7 @@ _BACKEND = "task_backend"
 _RUN_AFTER = "task_run_after"
 _WORKERS = "task_worker_ids"
 _ERRORS = "task_exception_classes"
+_PROCESS = "task_process"  # [node name, pid namespace, pid] of the process running it
 
 _STATUSES = {
     JobStatus.CREATED: TaskResultStatus.READY,
@@ -343,6 +347,9 @@ def execute(task_path: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     job = get_current_job()
     assert job is not None, "execute() runs as an rq job"
     job.meta.setdefault(_WORKERS, []).append(job.worker_name or "")
+    from .claims import process_namespace  # (it imports models: not while apps load)
+
+    job.meta[_PROCESS] = [conf.WORKER_MODE_NODE_NAME, process_namespace(), os.getpid()]
     job.save_meta()
     sender = None
     try:
@@ -371,3 +378,38 @@ def execute(task_path: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     object.__setattr__(done, "_return_value", value)
     task_finished.send(sender, task_result=done)
     return value
+
+
+def fail_abandoned(key: str) -> list[str]:
+    """Fail the running tasks of ``key`` whose process on this node is gone; their ids.
+
+    A worker process killed mid-task (SIGKILL, out of memory) leaves its task started in rq's
+    registry until its heartbeat lapses, which for ``DjangoWorker`` is the job's timeout plus
+    60 s, and rq's maintenance looks only every 10 minutes. The supervisor's replacement of
+    the killed worker calls this as it starts: a task whose recorded process, on this node and
+    in this pid namespace, no longer exists goes through rq's own abandoned-job path (failure
+    callback, failed registry) at once. Processes elsewhere are not judged here.
+    """
+    from .claims import _pid_alive, process_namespace
+
+    queue = get_queue(key)
+    registry = StartedJobRegistry(queue=queue)
+    here = [conf.WORKER_MODE_NODE_NAME, process_namespace()]
+    gone: dict[bytes, str] = {}
+    for entry in queue.connection.zrange(registry.key, 0, -1):
+        job_id = registry.parse_job_id(entry).split(":", 1)[0]
+        try:
+            job = Job.fetch(job_id, connection=queue.connection)
+        except NoSuchJobError:
+            continue
+        owner = job.meta.get(_PROCESS)
+        if job.func_name != EXECUTE or not owner or list(owner[:2]) != here or _pid_alive(owner[2]):
+            continue
+        gone[entry] = f"{job.id} ({job.args[0]}, pid {owner[2]})"
+    if gone:
+        # Its heartbeat lapsed now: rq's cleanup fails it as abandoned (and any other lapsed entry).
+        queue.connection.zadd(registry.key, dict.fromkeys(gone, 1), xx=True)
+        registry.cleanup()
+        for what in gone.values():
+            logger.warning("Task %s on %s failed: its worker process on this node is gone", what, key)
+    return [what.split(" ", 1)[0] for what in gone.values()]
