@@ -71,6 +71,14 @@ def test_the_site_uses_the_backend_and_what_it_supports():
 
 
 @no_database
+@override_settings(TASKS={"default": {"BACKEND": BACKEND, "QUEUES": None, "OPTIONS": None}})
+def test_queues_and_options_set_to_none_mean_not_set(redis_conn):
+    assert checks.check_tasks() == []  # as the checks read them
+    result = defs.add.enqueue(1, 2)
+    assert Job.fetch(result.id, connection=redis_conn).result_ttl == backend_module.DEFAULT_RESULT_TTL
+
+
+@no_database
 def test_a_task_on_an_unknown_key_is_refused_when_defined(forget_new_tasks):
     with pytest.raises(UnknownTaskQueue) as refused:
         task(queue_name="workflow:proces")(defs.undecorated)

@@ -153,10 +153,12 @@ class RQBackend(BaseTaskBackend):
     supports_priority = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        # None is "not set", for QUEUES and OPTIONS alike, as the checks (E020, E021) read them.
+        params = {**params, "QUEUES": params.get("QUEUES") or (), "OPTIONS": params.get("OPTIONS") or {}}
         super().__init__(alias, params)
         # Without QUEUES, the keys registered when asked (apps register theirs in ready()).
-        self.queues = set(params["QUEUES"]) if "QUEUES" in params else set()
-        self.options = params.get("OPTIONS", {})
+        self.queues = set(params["QUEUES"])
+        self.options = params["OPTIONS"]
 
     @property
     def result_ttl(self) -> int:
