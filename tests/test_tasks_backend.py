@@ -224,6 +224,15 @@ def test_a_result_belongs_to_its_task(redis_conn):
 
 
 @no_database
+def test_a_result_is_found_while_another_keys_redis_is_down(redis_conn):
+    result = defs.pid.enqueue()  # on async-task:process
+    with override_settings(WORKER_MODE_REDIS_URLS={WF: "redis://127.0.0.1:1/0"}):  # looked at first
+        assert defs.pid.get_result(result.id).status == TaskResultStatus.READY
+        with pytest.raises(RedisError):  # not "does not exist": it may be on the Redis that is down
+            defs.pid.get_result("no-such-id")
+
+
+@no_database
 @override_settings(TASKS={"default": {"BACKEND": BACKEND}, "other": {"BACKEND": BACKEND, "QUEUES": [WF]}})
 def test_a_result_belongs_to_its_backend(redis_conn):
     ok = defs.add.enqueue(1, 1)

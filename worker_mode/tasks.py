@@ -246,14 +246,22 @@ class RQBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> Any:
         """The task's result, read from Redis (any process, any node); raises
         ``TaskResultDoesNotExist`` for an id that was never sent, or whose result expired."""
+        unreachable: RedisError | None = None
         for key in _one_key_per_server(self.service_keys()):
             try:
                 job = Job.fetch(result_id, connection=get_connection(key))
             except NoSuchJobError:
                 continue
+            except (
+                RedisError
+            ) as exc:  # another key's Redis may hold it: "does not exist" only if none was down
+                unreachable = exc
+                continue
             # A job of another backend is no result of this one, as in Django's database backend.
             if job.func_name == EXECUTE and job.meta.get(_BACKEND) == self.alias:
                 return task_result(job)
+        if unreachable is not None:
+            raise unreachable
         raise TaskResultDoesNotExist(result_id)
 
 
