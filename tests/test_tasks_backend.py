@@ -242,16 +242,24 @@ def test_a_result_belongs_to_its_backend(redis_conn):
 
 
 @no_database
-def test_run_after_waits_for_the_scheduler(redis_conn):
+def test_run_after_waits_for_the_scheduler(redis_conn, caplog):
     when = timezone.now() - datetime.timedelta(seconds=1)
     result = defs.add.using(run_after=when).enqueue(1, 2)
     assert result.id in ScheduledJobRegistry(queue=get_queue(WF)).get_job_ids()
+    assert f"No rq scheduler runs for {WF}" in caplog.text
     drain(WF)  # no scheduler: it waits
     assert defs.add.get_result(result.id).status == TaskResultStatus.READY
     drain(WF, with_scheduler=True)
     done = defs.add.get_result(result.id)
     assert done.status == TaskResultStatus.SUCCESSFUL and done.return_value == 3
     assert done.task.run_after == when
+
+
+@no_database
+def test_no_scheduler_warning_while_one_runs(redis_conn, caplog):
+    redis_conn.set(f"rq:scheduler-lock:{WF}", "a node", ex=60)  # what a running rq scheduler holds
+    defs.add.using(run_after=timezone.now()).enqueue(1, 2)
+    assert "No rq scheduler runs" not in caplog.text
 
 
 # -- real nodes --------------------------------------------------------------------------------

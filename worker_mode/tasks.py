@@ -225,6 +225,8 @@ class RQBackend(BaseTaskBackend):
             object.__setattr__(result, "enqueued_at", job.enqueued_at or timezone.now())
             task_enqueued.send(type(self), task_result=result)
             warn_if_uncovered(task.queue_name)  # as worker_mode.enqueue: no task waits unnoticed
+            if task.run_after is not None:
+                _warn_if_unscheduled(queue)
 
         def send_at_commit() -> None:
             try:
@@ -263,6 +265,23 @@ class RQBackend(BaseTaskBackend):
         if unreachable is not None:
             raise unreachable
         raise TaskResultDoesNotExist(result_id)
+
+
+def _warn_if_unscheduled(queue: Any) -> None:
+    """A deferred task waits for rq's scheduler, which runs only with --with-scheduler: say so
+    when no node holds the key's scheduler lock (an rq scheduler renews it while it runs)."""
+    from rq.scheduler import RQScheduler
+
+    try:
+        if queue.connection.exists(RQScheduler.get_locking_key(queue.name)):
+            return
+    except RedisError:
+        return
+    logger.warning(
+        "No rq scheduler runs for %s: tasks with run_after wait until a node serving it runs "
+        "runnode or runworkers with --with-scheduler",
+        queue.name,
+    )
 
 
 def _one_key_per_server(keys: tuple[str, ...]) -> Iterator[str]:
