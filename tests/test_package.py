@@ -153,14 +153,26 @@ def _index_reachable() -> bool:
         return False
 
 
+#: What pip says when it could not get a distribution (from the index, or its cache).
+_NOT_DOWNLOADED = (
+    "Could not find a version",
+    "No matching distribution",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Max retries exceeded",
+)
+
+
 def _run_or_skip_offline(argv: list[str], what: str, **kwargs) -> None:
-    """Run a step that needs the package index (or pip's cache); without either, skip."""
+    """Run a step that needs the package index (or pip's cache); skip when it failed for want of
+    them. Any other failure (a broken build, a dependency conflict) fails, network or not."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, **kwargs)
     if done.returncode == 0:
         return
     output = (done.stdout + done.stderr)[-4000:]
-    if not _index_reachable():
+    if any(sign in done.stdout + done.stderr for sign in _NOT_DOWNLOADED) and not _index_reachable():
         pytest.skip(f"{what} needs {_index_url()} or pip's cache, and neither answered (no network)")
     raise AssertionError(f"{what} failed (exit {done.returncode}):\n{output}")
 
