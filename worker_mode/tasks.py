@@ -254,9 +254,8 @@ class RQBackend(BaseTaskBackend):
                 job = Job.fetch(result_id, connection=get_connection(key))
             except NoSuchJobError:
                 continue
-            except (
-                RedisError
-            ) as exc:  # another key's Redis may hold it: "does not exist" only if none was down
+            except RedisError as exc:
+                # Another key's Redis may hold it: "does not exist" only if none was down.
                 unreachable = exc
                 continue
             # A job of another backend is no result of this one, as in Django's database backend.
@@ -424,21 +423,22 @@ def fail_abandoned(key: str) -> list[str]:
     queue = get_queue(key)
     registry = StartedJobRegistry(queue=queue)
     here = [conf.WORKER_MODE_NODE_NAME, process_namespace()]
-    gone: dict[bytes, str] = {}
+    gone: dict[bytes, Job] = {}  # registry entry ("<job id>:<execution id>") -> its job
     for entry in queue.connection.zrange(registry.key, 0, -1):
-        job_id = registry.parse_job_id(entry).split(":", 1)[0]
         try:
-            job = Job.fetch(job_id, connection=queue.connection)
+            job = Job.fetch(registry.parse_job_id(entry).split(":", 1)[0], connection=queue.connection)
         except NoSuchJobError:
             continue
         owner = job.meta.get(_PROCESS)
-        if job.func_name != EXECUTE or not owner or list(owner[:2]) != here or _pid_alive(owner[2]):
-            continue
-        gone[entry] = f"{job.id} ({job.args[0]}, pid {owner[2]})"
+        if job.func_name == EXECUTE and owner and list(owner[:2]) == here and not _pid_alive(owner[2]):
+            gone[entry] = job
     if gone:
-        # Its heartbeat lapsed now: rq's cleanup fails it as abandoned (and any other lapsed entry).
+        # Their heartbeats lapse now: rq's cleanup fails them as abandoned (and any entry that had).
         queue.connection.zadd(registry.key, dict.fromkeys(gone, 1), xx=True)
         registry.cleanup()
-        for what in gone.values():
-            logger.warning("Task %s on %s failed: its worker process on this node is gone", what, key)
-    return [what.split(" ", 1)[0] for what in gone.values()]
+        for job in gone.values():
+            logger.warning(
+                "Task %s (%s, pid %s) on %s failed: its worker process on this node is gone",
+                job.id, job.args[0], job.meta[_PROCESS][2], key,
+            )  # fmt: skip
+    return [job.id for job in gone.values()]
