@@ -242,6 +242,14 @@ def test_a_result_belongs_to_its_backend(redis_conn):
 
 
 @no_database
+@override_settings(USE_TZ=False)
+def test_times_are_naive_without_use_tz_as_enqueued_and_as_read(redis_conn):
+    result = defs.add.enqueue(1, 2)
+    assert timezone.is_naive(result.enqueued_at)
+    assert timezone.is_naive(defs.add.get_result(result.id).enqueued_at)
+
+
+@no_database
 def test_run_after_waits_for_the_scheduler(redis_conn, caplog):
     when = timezone.now() - datetime.timedelta(seconds=1)
     result = defs.add.using(run_after=when).enqueue(1, 2)

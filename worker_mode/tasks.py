@@ -222,7 +222,7 @@ class RQBackend(BaseTaskBackend):
                 job = queue.enqueue_job(job)
             else:
                 job = queue.schedule_job(job, task.run_after)
-            object.__setattr__(result, "enqueued_at", job.enqueued_at or timezone.now())
+            object.__setattr__(result, "enqueued_at", _aware(job.enqueued_at) or timezone.now())
             task_enqueued.send(type(self), task_result=result)
             warn_if_uncovered(task.queue_name)  # as worker_mode.enqueue: no task waits unnoticed
             if task.run_after is not None:
