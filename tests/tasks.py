@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from worker_mode.tasks import task
 
@@ -39,6 +40,23 @@ def look_at_itself(context) -> dict:
 @task(queue_name=WF)
 async def add_later(a: int, b: int) -> int:
     return a + b
+
+
+@task(queue_name=WF)
+def exits() -> None:
+    raise SystemExit(3)
+
+
+@task(queue_name=WF)
+def wait(seconds: float) -> str:
+    time.sleep(seconds)  # the work a task simulates; the tests kill or freeze its process meanwhile
+    return "waited"
+
+
+def double(x: int) -> int:
+    """Made a task kept under another name than its own by the tests: workers, which look a task
+    up by its function's dotted path (``tests.tasks.double``), would find this plain function."""
+    return 2 * x
 
 
 def undecorated() -> None:

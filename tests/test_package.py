@@ -1,6 +1,7 @@
 """django-worker-mode as a stranger's project gets it: the wheel, built from the sdist, installed
-into a fresh virtualenv; a project made by ``django-admin startproject`` with one small app that
-registers two service keys; and real processes run from that project with a clean environment.
+with its ``tasks`` extra into a fresh virtualenv; a project made by ``django-admin startproject``
+with one small app that registers two service keys and defines a task; and real processes run
+from that project with a clean environment.
 
 Nothing of this repository may be on the children's ``sys.path``: the project's app refuses to
 start if it is, and ``worker_mode`` must come from the virtualenv. pip takes the dependencies
@@ -78,6 +79,14 @@ THUMBS = {
         def make(path, text):
             Path(path).write_text(text)
     """,
+    "tasks.py": """
+        from worker_mode.tasks import task
+
+
+        @task(queue_name="thumbs:process")
+        def make_thumbnail(image_id: int) -> str:
+            return f"thumbnail of {image_id}"
+    """,
     "views.py": """
         from django.http import HttpResponse
 
@@ -99,6 +108,13 @@ MIDDLEWARE = ["worker_mode.middleware.WorkerModeMiddleware", *MIDDLEWARE]
 WORKER_MODE = os.environ.get("WORKER_MODE", "")
 REDIS_URL = os.environ["REDIS_URL"]
 RQ_QUEUES = ServiceQueues()
+
+# Django's Tasks API, as the README's "Background work" section says.
+TASKS = {"default": {"BACKEND": "worker_mode.tasks.RQBackend"}}
+import django
+
+if django.VERSION < (6, 0):
+    INSTALLED_APPS += ["django_tasks"]  # the backport, from the `tasks` extra
 """
 
 URLS = """
@@ -137,14 +153,26 @@ def _index_reachable() -> bool:
         return False
 
 
+#: What pip says when it could not get a distribution (from the index, or its cache).
+_NOT_DOWNLOADED = (
+    "Could not find a version",
+    "No matching distribution",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Max retries exceeded",
+)
+
+
 def _run_or_skip_offline(argv: list[str], what: str, **kwargs) -> None:
-    """Run a step that needs the package index (or pip's cache); without either, skip."""
+    """Run a step that needs the package index (or pip's cache); skip when it failed for want of
+    them. Any other failure (a broken build, a dependency conflict) fails, network or not."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, **kwargs)
     if done.returncode == 0:
         return
     output = (done.stdout + done.stderr)[-4000:]
-    if not _index_reachable():
+    if any(sign in done.stdout + done.stderr for sign in _NOT_DOWNLOADED) and not _index_reachable():
         pytest.skip(f"{what} needs {_index_url()} or pip's cache, and neither answered (no network)")
     raise AssertionError(f"{what} failed (exit {done.returncode}):\n{output}")
 
@@ -246,7 +274,7 @@ def project(
                 "-m",
                 "pip",
                 "install",
-                str(wheel),
+                f"{wheel}[tasks]",  # the backport of django.tasks on Django 5.2, as the README says
                 f"Django=={django.__version__}",
             ],
             "pip install django-worker-mode",
@@ -311,6 +339,32 @@ def test_the_distribution_holds_worker_mode_alone(built):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_sites_wheel_holds_its_templates_and_static_files(tmp_path):
+    """The site's distribution (make dist) too: its packages' data files are in its wheel. Built
+    from a copy of the tracked files, as in a fresh clone: a checkout's egg-info from an earlier
+    build would list them for setuptools."""
+    packages = ["workflows", "async_tasks", "catalog", "api_tokens", "nocobase_site"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "pyproject.toml", "README.md", "LICENSE", *packages],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    source = tmp_path / "source"
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    _run_or_skip_offline(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(source)],
+        "python -m build",
+    )
+    [wheel] = (tmp_path / "dist").glob("nocobase_site-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = [name for name in tracked if name.split("/")[0] in packages and not name.endswith(".py")]
+    assert data and [name for name in data if name not in names] == []
+
+
 def test_worker_mode_comes_from_the_wheel_and_nothing_of_this_repository(project):
     seen = json.loads(project.shell(PROBE))
     assert Path(seen["file"]).resolve().is_relative_to(project.venv.resolve())
@@ -347,6 +401,27 @@ def test_runworkers_burst_runs_only_the_served_queues(project, tmp_path):
         "print(get_queue('thumbs:process').count, get_queue('other:process').count)"
     )
     assert counts.split() == ["0", "1"]  # the other key's job waits for a node that serves it
+
+
+def test_a_task_runs_on_a_node_serving_its_key_and_any_process_reads_its_result(project):
+    enqueued = project.shell(
+        "from django.db import transaction\n"
+        "from thumbs.tasks import make_thumbnail\n"
+        "with transaction.atomic():\n"
+        "    result = make_thumbnail.enqueue(7)\n"
+        "print(result.id)"
+    )
+    done = project.manage("runworkers", "--burst", worker_mode="thumbs:process", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = project.shell(
+        "import json\n"
+        "from thumbs.tasks import make_thumbnail\n"
+        f"result = make_thumbnail.get_result({enqueued!r})\n"
+        "print(json.dumps([result.status, result.return_value, result.worker_ids]))"
+    )
+    status, value, workers = json.loads(seen)
+    assert (status, value) == ("SUCCESSFUL", "thumbnail of 7")
+    assert len(workers) == 1
 
 
 def test_runnode_serves_requests_on_a_request_node_and_503s_on_a_worker_node(project, tmp_path):

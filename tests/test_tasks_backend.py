@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import os
+import signal
 
 import pytest
 from django.core.management import call_command
@@ -31,7 +33,7 @@ from worker_mode.tasks import (
 from worker_mode.workers import DjangoForkWorker, DjangoWorker
 
 from . import tasks as defs
-from .conftest import check_error_codes
+from .conftest import check_error_codes, wait_until
 
 WF, AT = defs.WF, defs.AT
 BACKEND = "worker_mode.tasks.RQBackend"
@@ -66,6 +68,14 @@ def test_the_site_uses_the_backend_and_what_it_supports():
     assert not backend.supports_priority  # one FIFO queue per key
     with pytest.raises(InvalidTask, match="priority"):
         defs.add.using(priority=10)
+
+
+@no_database
+@override_settings(TASKS={"default": {"BACKEND": BACKEND, "QUEUES": None, "OPTIONS": None}})
+def test_queues_and_options_set_to_none_mean_not_set(redis_conn):
+    assert checks.check_tasks() == []  # as the checks read them
+    result = defs.add.enqueue(1, 2)
+    assert Job.fetch(result.id, connection=redis_conn).result_ttl == backend_module.DEFAULT_RESULT_TTL
 
 
 @no_database
@@ -129,6 +139,46 @@ def test_redis_down_at_commit_is_logged_and_outside_a_transaction_raised(redis_c
             defs.add.enqueue(1, 2)
 
 
+@no_database
+def test_a_task_workers_could_not_find_is_refused_when_enqueued(redis_conn, forget_new_tasks):
+    renamed = task(queue_name=WF)(defs.double)  # `renamed = ...` in a module: not at tests.tasks.double
+    with pytest.raises(InvalidTask, match=r"tests\.tasks\.double is not a task"):
+        renamed.enqueue(2)
+    assert get_queue(WF).count == 0  # no job that could only fail on a worker
+
+
+@no_database
+def test_e022_a_task_workers_could_not_find(forget_new_tasks):
+    task(queue_name=WF)(defs.double)
+    [error] = checks.check_tasks()
+    assert (error.id, error.msg) == (
+        "worker_mode.E022",
+        "Task tests.tasks.double is not at its path: workers cannot run it.",
+    )
+    assert "module-level function decorated with @task" in error.hint
+
+
+@no_database
+def test_a_job_that_names_no_task_runs_nothing(redis_conn):
+    """Job data in Redis names what execute() imports: only a task may run, not any function."""
+    job = get_queue(WF).enqueue(backend_module.EXECUTE, "tests.jobs.mark", ["crafted"], {})
+    drain(WF)
+    assert redis_conn.get("test:done:crafted") is None
+    job = Job.fetch(job.id, connection=redis_conn)
+    assert job.is_failed and "tests.jobs.mark is not a task" in job.latest_result().exc_string
+    with pytest.raises(TaskResultDoesNotExist):  # nor is it any backend's result
+        task_backends["default"].get_result(job.id)
+
+
+@no_database
+def test_a_task_that_raises_system_exit_fails_with_that_class(redis_conn):
+    result = defs.exits.enqueue()
+    drain(WF)  # the worker survives it
+    failed = defs.exits.get_result(result.id)
+    assert failed.status == TaskResultStatus.FAILED
+    assert [error.exception_class for error in failed.errors] == [SystemExit]
+
+
 # -- results -----------------------------------------------------------------------------------
 
 
@@ -174,16 +224,50 @@ def test_a_result_belongs_to_its_task(redis_conn):
 
 
 @no_database
-def test_run_after_waits_for_the_scheduler(redis_conn):
+def test_a_result_is_found_while_another_keys_redis_is_down(redis_conn):
+    result = defs.pid.enqueue()  # on async-task:process
+    with override_settings(WORKER_MODE_REDIS_URLS={WF: "redis://127.0.0.1:1/0"}):  # looked at first
+        assert defs.pid.get_result(result.id).status == TaskResultStatus.READY
+        with pytest.raises(RedisError):  # not "does not exist": it may be on the Redis that is down
+            defs.pid.get_result("no-such-id")
+
+
+@no_database
+@override_settings(TASKS={"default": {"BACKEND": BACKEND}, "other": {"BACKEND": BACKEND, "QUEUES": [WF]}})
+def test_a_result_belongs_to_its_backend(redis_conn):
+    ok = defs.add.enqueue(1, 1)
+    assert task_backends["default"].get_result(ok.id).backend == "default"
+    with pytest.raises(TaskResultDoesNotExist):
+        task_backends["other"].get_result(ok.id)
+
+
+@no_database
+@override_settings(USE_TZ=False)
+def test_times_are_naive_without_use_tz_as_enqueued_and_as_read(redis_conn):
+    result = defs.add.enqueue(1, 2)
+    assert timezone.is_naive(result.enqueued_at)
+    assert timezone.is_naive(defs.add.get_result(result.id).enqueued_at)
+
+
+@no_database
+def test_run_after_waits_for_the_scheduler(redis_conn, caplog):
     when = timezone.now() - datetime.timedelta(seconds=1)
     result = defs.add.using(run_after=when).enqueue(1, 2)
     assert result.id in ScheduledJobRegistry(queue=get_queue(WF)).get_job_ids()
+    assert f"No rq scheduler runs for {WF}" in caplog.text
     drain(WF)  # no scheduler: it waits
     assert defs.add.get_result(result.id).status == TaskResultStatus.READY
     drain(WF, with_scheduler=True)
     done = defs.add.get_result(result.id)
     assert done.status == TaskResultStatus.SUCCESSFUL and done.return_value == 3
     assert done.task.run_after == when
+
+
+@no_database
+def test_no_scheduler_warning_while_one_runs(redis_conn, caplog):
+    redis_conn.set(f"rq:scheduler-lock:{WF}", "a node", ex=60)  # what a running rq scheduler holds
+    defs.add.using(run_after=timezone.now()).enqueue(1, 2)
+    assert "No rq scheduler runs" not in caplog.text
 
 
 # -- real nodes --------------------------------------------------------------------------------
@@ -214,6 +298,45 @@ def test_only_nodes_serving_the_key_run_a_task_and_any_process_reads_the_result(
     assert ran.return_value == int(ran.worker_ids[0].rsplit(".", 1)[1])  # that worker's process ran it
 
 
+def _status_is(task, result_id: str, status: str):
+    """The task's result once it has ``status``, else None (for wait_until)."""
+    result = task.get_result(result_id)
+    return result if result.status == status else None
+
+
+@no_database
+@pytest.mark.processes
+def test_a_task_whose_worker_is_killed_fails_when_the_worker_is_replaced(start_node, redis_conn):
+    result = defs.wait.enqueue(300)
+    node = start_node(["runworkers"], worker_mode=WF, WORKER_MODE_NODE_NAME="node-wf")
+    running = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.RUNNING), timeout=60)
+    os.kill(int(running.worker_ids[0].rsplit(".", 1)[1]), signal.SIGKILL)  # its worker process
+    # The supervisor's replacement fails it as it starts (rq alone: after 180 + 60 s, at its next
+    # maintenance, up to 10 minutes later).
+    failed = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.FAILED), timeout=60)
+    assert "AbandonedJobError" in failed.errors[-1].traceback, node.log
+    assert f"Task {result.id} (tests.tasks.wait, pid" in node.log
+
+
+@no_database
+@pytest.mark.processes
+def test_a_frozen_workers_task_is_not_failed_and_finishes(start_node, redis_conn):
+    result = defs.wait.enqueue(3)
+    node = start_node(["runworkers"], worker_mode=WF, WORKER_MODE_NODE_NAME="node-wf")
+    running = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.RUNNING), timeout=60)
+    pid = int(running.worker_ids[0].rsplit(".", 1)[1])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Another worker of this node starts (and looks for abandoned tasks) while it is frozen.
+        other = start_node(["runworkers", "--burst"], worker_mode=WF, WORKER_MODE_NODE_NAME="node-wf")
+        assert other.wait(timeout=60) == 0, other.log
+        assert defs.wait.get_result(result.id).status == TaskResultStatus.RUNNING
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    done = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.SUCCESSFUL), timeout=60)
+    assert done.return_value == "waited" and done.errors == [], node.log
+
+
 # -- the check ---------------------------------------------------------------------------------
 
 
@@ -229,7 +352,7 @@ def test_e020_a_task_on_a_key_that_is_no_longer_registered(forget_new_tasks):
         task(queue_name="thumbs:process")(defs.undecorated)
     finally:
         services.unregister("thumbs:process")
-    [error] = checks.check_tasks()
+    [error] = [e for e in checks.check_tasks() if e.id == "worker_mode.E020"]  # (and E022: undecorated)
     assert error.id == "worker_mode.E020"
     assert error.msg == "Task tests.tasks.undecorated names unknown service key 'thumbs:process'."
     assert "'default' takes: workflow:process, async-task:process" in error.hint

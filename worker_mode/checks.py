@@ -413,7 +413,8 @@ def _task_backends() -> list[tuple[str, dict[str, Any]]]:
 @register(Tags.compatibility)
 def check_tasks(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """E020: a task's queue_name, or a worker_mode task backend's QUEUES, is not a registered key.
-    E021: the backend's OPTIONS.
+    E021: the backend's OPTIONS. E022: a task is not found at its function's dotted path (kept
+    under another name, or a method), where workers look it up.
 
     Django's Tasks framework keeps no list of tasks, so this sees the tasks its backend
     validated when they were defined: those of every module imported by now, after it
@@ -465,6 +466,19 @@ def check_tasks(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list
             continue
         if not isinstance(backend, tasks.RQBackend):
             continue
+        try:
+            findable = tasks._task_at(task.module_path).func is task.func
+        except tasks.InvalidTask:
+            findable = False
+        if not findable:  # enqueue() refuses it: say so before the first user does
+            errors.append(
+                Error(
+                    f"Task {task.module_path} is not at its path: workers cannot run it.",
+                    hint="Workers import a task by its function's path: make it a module-level function "
+                    "decorated with @task, kept under its own name.",
+                    id="worker_mode.E022",
+                )
+            )
         keys = backend.service_keys()
         if task.queue_name in keys:
             continue

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -43,8 +44,10 @@ from redis import RedisError
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.results import Result
 
+from .conf import conf
 from .coverage import warn_if_uncovered
 from .exceptions import UnknownServiceKey
 from .queues import get_connection, get_queue, server_of
@@ -99,6 +102,7 @@ _BACKEND = "task_backend"
 _RUN_AFTER = "task_run_after"
 _WORKERS = "task_worker_ids"
 _ERRORS = "task_exception_classes"
+_PROCESS = "task_process"  # [node name, pid namespace, pid] of the process running it
 
 _STATUSES = {
     JobStatus.CREATED: TaskResultStatus.READY,
@@ -149,10 +153,12 @@ class RQBackend(BaseTaskBackend):
     supports_priority = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        # None is "not set", for QUEUES and OPTIONS alike, as the checks (E020, E021) read them.
+        params = {**params, "QUEUES": params.get("QUEUES") or (), "OPTIONS": params.get("OPTIONS") or {}}
         super().__init__(alias, params)
         # Without QUEUES, the keys registered when asked (apps register theirs in ready()).
-        self.queues = set(params["QUEUES"]) if "QUEUES" in params else set()
-        self.options = params.get("OPTIONS", {})
+        self.queues = set(params["QUEUES"])
+        self.options = params["OPTIONS"]
 
     @property
     def result_ttl(self) -> int:
@@ -182,6 +188,9 @@ class RQBackend(BaseTaskBackend):
         work that must survive a Redis outage belongs in a ``ClaimedWork`` row.
         """
         self.validate_task(task)
+        # Workers find the task by its function's dotted path; refuse here what they could not run.
+        if _task_at(task.module_path).func is not task.func:
+            raise InvalidTask(f"{task.module_path} is another task than the one enqueued.")
         result = TaskResult(
             task=task,
             id=uuid.uuid4().hex,
@@ -213,9 +222,11 @@ class RQBackend(BaseTaskBackend):
                 job = queue.enqueue_job(job)
             else:
                 job = queue.schedule_job(job, task.run_after)
-            object.__setattr__(result, "enqueued_at", job.enqueued_at or timezone.now())
+            object.__setattr__(result, "enqueued_at", _aware(job.enqueued_at) or timezone.now())
             task_enqueued.send(type(self), task_result=result)
             warn_if_uncovered(task.queue_name)  # as worker_mode.enqueue: no task waits unnoticed
+            if task.run_after is not None:
+                _warn_if_unscheduled(queue)
 
         def send_at_commit() -> None:
             try:
@@ -237,14 +248,39 @@ class RQBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> Any:
         """The task's result, read from Redis (any process, any node); raises
         ``TaskResultDoesNotExist`` for an id that was never sent, or whose result expired."""
+        unreachable: RedisError | None = None
         for key in _one_key_per_server(self.service_keys()):
             try:
                 job = Job.fetch(result_id, connection=get_connection(key))
             except NoSuchJobError:
                 continue
-            if job.func_name == EXECUTE:
+            except RedisError as exc:
+                # Another key's Redis may hold it: "does not exist" only if none was down.
+                unreachable = exc
+                continue
+            # A job of another backend is no result of this one, as in Django's database backend.
+            if job.func_name == EXECUTE and job.meta.get(_BACKEND) == self.alias:
                 return task_result(job)
+        if unreachable is not None:
+            raise unreachable
         raise TaskResultDoesNotExist(result_id)
+
+
+def _warn_if_unscheduled(queue: Any) -> None:
+    """A deferred task waits for rq's scheduler, which runs only with --with-scheduler: say so
+    when no node holds the key's scheduler lock (an rq scheduler renews it while it runs)."""
+    from rq.scheduler import RQScheduler
+
+    try:
+        if queue.connection.exists(RQScheduler.get_locking_key(queue.name)):
+            return
+    except RedisError:
+        return
+    logger.warning(
+        "No rq scheduler runs for %s: tasks with run_after wait until a node serving it runs "
+        "runnode or runworkers with --with-scheduler",
+        queue.name,
+    )
 
 
 def _one_key_per_server(keys: tuple[str, ...]) -> Iterator[str]:
@@ -263,13 +299,29 @@ def _aware(moment: datetime | None) -> datetime | None:
     return timezone.make_naive(moment)
 
 
+def _task_at(path: str) -> Any:
+    """The task defined at ``path``: an rq job's data names a task, never any other callable."""
+    try:
+        found = import_string(path)
+    except ImportError as exc:
+        raise InvalidTask(
+            f"No task at {path}: a task must be a module-level function decorated with @task "
+            f"and kept under its own name ({exc})."
+        ) from exc
+    if not isinstance(found, Task):
+        raise InvalidTask(
+            f"{path} is not a task: a task must be a module-level function decorated with @task "
+            "and kept under its own name."
+        )
+    return found
+
+
 def task_result(job: Job, status: Any = None) -> Any:
     """The TaskResult of a task's rq job (``status``: the one to report instead of rq's)."""
     task_path, args, kwargs = job.args
     meta = job.meta
     run_after = meta.get(_RUN_AFTER)
-    defined = import_string(task_path)
-    task_obj = defined.using(
+    task_obj = _task_at(task_path).using(
         queue_name=job.origin,
         backend=meta.get(_BACKEND),
         run_after=datetime.fromisoformat(run_after) if run_after else None,
@@ -323,27 +375,70 @@ def execute(task_path: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     job = get_current_job()
     assert job is not None, "execute() runs as an rq job"
     job.meta.setdefault(_WORKERS, []).append(job.worker_name or "")
+    from .claims import process_namespace  # (it imports models: not while apps load)
+
+    job.meta[_PROCESS] = [conf.WORKER_MODE_NODE_NAME, process_namespace(), os.getpid()]
     job.save_meta()
-    running = task_result(job, TaskResultStatus.RUNNING)
-    defined = running.task
-    sender = type(defined.get_backend())
-    task_started.send(sender, task_result=running)
+    sender = None
     try:
+        # Inside the try: a path that names no task (or a module this worker cannot import)
+        # fails the task with its own exception class, as a task that raises does.
+        running = task_result(job, TaskResultStatus.RUNNING)
+        defined = running.task
+        sender = type(defined.get_backend())
+        task_started.send(sender, task_result=running)
         if defined.takes_context:
             value = defined.call(TaskContext(task_result=running), *args, **kwargs)
         else:
             value = defined.call(*args, **kwargs)
         value = _json(value)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: rq fails the job for them
         job.meta.setdefault(_ERRORS, []).append(f"{type(exc).__module__}.{type(exc).__qualname__}")
         job.save_meta()
-        failed = task_result(job, TaskResultStatus.FAILED)
-        failed.errors.append(
-            TaskError(exception_class_path=job.meta[_ERRORS][-1], traceback=traceback.format_exc())
-        )
-        task_finished.send(sender, task_result=failed)
+        if sender is not None:
+            failed = task_result(job, TaskResultStatus.FAILED)
+            failed.errors.append(
+                TaskError(exception_class_path=job.meta[_ERRORS][-1], traceback=traceback.format_exc())
+            )
+            task_finished.send(sender, task_result=failed)
         raise
     done = task_result(job, TaskResultStatus.SUCCESSFUL)
     object.__setattr__(done, "_return_value", value)
     task_finished.send(sender, task_result=done)
     return value
+
+
+def fail_abandoned(key: str) -> list[str]:
+    """Fail the running tasks of ``key`` whose process on this node is gone; their ids.
+
+    A worker process killed mid-task (SIGKILL, out of memory) leaves its task started in rq's
+    registry until its heartbeat lapses, which for ``DjangoWorker`` is the job's timeout plus
+    60 s, and rq's maintenance looks only every 10 minutes. The supervisor's replacement of
+    the killed worker calls this as it starts: a task whose recorded process, on this node and
+    in this pid namespace, no longer exists goes through rq's own abandoned-job path (failure
+    callback, failed registry) at once. Processes elsewhere are not judged here.
+    """
+    from .claims import _pid_alive, process_namespace
+
+    queue = get_queue(key)
+    registry = StartedJobRegistry(queue=queue)
+    here = [conf.WORKER_MODE_NODE_NAME, process_namespace()]
+    gone: dict[bytes, Job] = {}  # registry entry ("<job id>:<execution id>") -> its job
+    for entry in queue.connection.zrange(registry.key, 0, -1):
+        try:
+            job = Job.fetch(registry.parse_job_id(entry).split(":", 1)[0], connection=queue.connection)
+        except NoSuchJobError:
+            continue
+        owner = job.meta.get(_PROCESS)
+        if job.func_name == EXECUTE and owner and list(owner[:2]) == here and not _pid_alive(owner[2]):
+            gone[entry] = job
+    if gone:
+        # Their heartbeats lapse now: rq's cleanup fails them as abandoned (and any entry that had).
+        queue.connection.zadd(registry.key, dict.fromkeys(gone, 1), xx=True)
+        registry.cleanup()
+        for job in gone.values():
+            logger.warning(
+                "Task %s (%s, pid %s) on %s failed: its worker process on this node is gone",
+                job.id, job.args[0], job.meta[_PROCESS][2], key,
+            )  # fmt: skip
+    return [job.id for job in gone.values()]
