@@ -304,13 +304,18 @@ def _status_is(task, result_id: str, status: str):
     return result if result.status == status else None
 
 
+def _running_pid(result) -> int:
+    """The pid of the worker process running ``result``'s task (``defs.wait``), once it runs."""
+    running = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.RUNNING), timeout=60)
+    return int(running.worker_ids[0].rsplit(".", 1)[1])
+
+
 @no_database
 @pytest.mark.processes
 def test_a_task_whose_worker_is_killed_fails_when_the_worker_is_replaced(start_node, redis_conn):
     result = defs.wait.enqueue(300)
     node = start_node(["runworkers"], worker_mode=WF, WORKER_MODE_NODE_NAME="node-wf")
-    running = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.RUNNING), timeout=60)
-    os.kill(int(running.worker_ids[0].rsplit(".", 1)[1]), signal.SIGKILL)  # its worker process
+    os.kill(_running_pid(result), signal.SIGKILL)  # its worker process
     # The supervisor's replacement fails it as it starts (rq alone: after 180 + 60 s, at its next
     # maintenance, up to 10 minutes later).
     failed = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.FAILED), timeout=60)
@@ -323,8 +328,7 @@ def test_a_task_whose_worker_is_killed_fails_when_the_worker_is_replaced(start_n
 def test_a_frozen_workers_task_is_not_failed_and_finishes(start_node, redis_conn):
     result = defs.wait.enqueue(3)
     node = start_node(["runworkers"], worker_mode=WF, WORKER_MODE_NODE_NAME="node-wf")
-    running = wait_until(lambda: _status_is(defs.wait, result.id, TaskResultStatus.RUNNING), timeout=60)
-    pid = int(running.worker_ids[0].rsplit(".", 1)[1])
+    pid = _running_pid(result)
     os.kill(pid, signal.SIGSTOP)
     try:
         # Another worker of this node starts (and looks for abandoned tasks) while it is frozen.
