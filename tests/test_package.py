@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 import urllib.error
 import urllib.request
@@ -255,13 +256,22 @@ class Project:
                 process.wait(timeout=10)
 
 
+def _outside_the_repository(directory: Path) -> Path:
+    """``directory``, or a new one under /tmp when it lies inside this repository (nox points TMPDIR
+    at the repository's .nox/): the fresh project must have no path of the repository about it."""
+    if not directory.resolve().is_relative_to(ROOT.resolve()):
+        return directory
+    directory.rmdir()
+    return Path(tempfile.mkdtemp(prefix="worker-mode-fresh-", dir="/tmp"))
+
+
 @pytest.fixture(scope="module")
 def project(
     built: tuple[Path, Path], redis_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Project]:
     """A fresh virtualenv with the wheel, and a migrated ``startproject`` project that uses it."""
     _, wheel = built
-    base = tmp_path_factory.mktemp("fresh")
+    base = _outside_the_repository(tmp_path_factory.mktemp("fresh"))
     # A Redis database of its own on the session's private server (the suite's tests use 0).
     fresh = Project(base / "project", base / "venv", redis_server.rsplit("/", 1)[0] + "/7")
     client = redis.Redis.from_url(fresh.redis_url)
