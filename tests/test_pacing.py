@@ -58,9 +58,13 @@ def synchronous_commit() -> str:
         return cursor.fetchone()[0]
 
 
-#: Relaxed commits are PostgreSQL's ``synchronous_commit``; on SQLite the wrapper does nothing.
+#: Relaxed commits set PostgreSQL's ``synchronous_commit``, a session setting SQLite has no
+#: counterpart of: there is nothing to observe on SQLite but that the wrapper leaves it alone
+#: (test_relaxed_commits_touch_postgresql_sessions_only). CI's second pass, on PostgreSQL, runs these.
 postgres_only = pytest.mark.skipif(
-    not is_postgres(), reason="synchronous_commit is PostgreSQL's: these run in CI's PostgreSQL pass"
+    not is_postgres(),
+    reason="synchronous_commit exists on PostgreSQL only (on SQLite relaxed commits do nothing, "
+    "which test_relaxed_commits_touch_postgresql_sessions_only checks); CI's PostgreSQL pass runs this",
 )
 
 
@@ -321,6 +325,25 @@ def test_an_import_in_a_worker_yields_between_batches_under_pressure(fresh, admi
     task.refresh_from_db()
     assert task.status == "succeeded" and task.done == 600
     assert seen and seen[0] is not None and seen[0] < 1  # it yielded between batches, and said so
+
+
+@override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
+@pytest.mark.django_db(transaction=True)
+def test_relaxed_commits_touch_postgresql_sessions_only(fresh):
+    """On either engine: a listed key under pressure relaxes the PostgreSQL session it uses, and
+    leaves an SQLite one alone (it has no such setting)."""
+    from django.db import connection, transaction
+
+    press(1.0)
+    pacer = pacing.Pacer()
+    pacer.pressure, pacer._synced_at = 1.0, time.monotonic()
+    with pacer.job("workflow:process"):
+        assert pacer.commits.wanted  # a listed key under pressure
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    relaxed = pacer.commits._relaxed | pacer.commits._unsettled
+    assert relaxed == ({id(connection.connection)} if is_postgres() else set())
 
 
 @postgres_only
