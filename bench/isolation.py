@@ -83,13 +83,13 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 class Postgres:
     """A private PostgreSQL 15 cluster on CPU 1 (run as the postgres user)."""
 
-    def __init__(self, tmp: Path, cpus: str) -> None:
+    def __init__(self, tmp: Path, cpus: str, extra: str = "") -> None:
         self.dir = tmp / "pg"
         self.port = free_port()
         self.dir.mkdir()
         shutil.chown(self.dir, "postgres")
         self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "postgres"])
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=50"
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=50 {extra}"
         self._as_postgres(
             ["taskset", "-c", cpus, str(PG_BIN / "pg_ctl"), "-D", str(self.dir), "-o", options, "-w", "start"]
         )
