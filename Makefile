@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run stop test matrix lint format dist bench bench-workflows bench-import-export bench-isolation bench-lab cluster lab clean
+.PHONY: install run stop test matrix lint format dist bench bench-workflows bench-import-export bench-isolation bench-dbwait bench-lab cluster lab clean
 
 install: $(STAMP)
 
@@ -77,6 +77,12 @@ bench-workflows: install
 bench-isolation: install
 	command -v wrk >/dev/null || (. scripts/apt.sh && apt_install wrk)
 	$(PY) bench/isolation.py $(BENCH_ARGS)
+
+# Where a request waits while background work runs: round trips seen by the request node against
+# time inside PostgreSQL (needs root: a private PostgreSQL; installs wrk).
+bench-dbwait: install
+	command -v wrk >/dev/null || (. scripts/apt.sh && apt_install wrk)
+	$(PY) bench/dbwait.py $(BENCH_ARGS)
 
 # The three-node example on this machine (PostgreSQL: DATABASE_URL or a local nocobase_cluster database).
 cluster: install
