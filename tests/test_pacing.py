@@ -412,6 +412,20 @@ def test_a_pressure_seen_long_ago_does_not_relax_the_next_jobs_commits(fresh):
         assert pacer.commits.wanted is True
 
 
+@override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
+@pytest.mark.django_db(transaction=True)
+def test_a_nested_job_of_a_listed_key_leaves_the_outer_jobs_commits_durable(fresh):
+    pacer = pacing.Pacer()
+    pacer.pressure, pacer._synced_at = 1.0, time.monotonic()  # under pressure, seen just now
+    with pacer.job("async-task:process"):  # not listed: durable commits
+        with pacer.job("workflow:process"):  # listed: relaxed while it runs
+            assert pacer.commits.wanted is True
+        # before: still relaxed for the rest of the outer, unlisted job
+        assert pacer.commits.wanted is False
+        if is_postgres():
+            assert synchronous_commit() == "on"
+
+
 @override_settings(**PACED)
 def test_units_shrink_to_a_target_duration_only_while_yielding(fresh):
     pacer = pacing.pacer()

@@ -464,7 +464,7 @@ class Pacer:
         """Run one job of ``service`` under pacing (the worker classes do this for every rq job)."""
         from django.db import connections
 
-        previous, previous_weight = self.service, self.weight
+        previous, previous_weight, previous_wanted = self.service, self.weight, self.commits.wanted
         self.service, self.weight = service, weight_of(service)
         # Only a pressure looked at lately counts: after an idle spell the last look may be hours old.
         recent = time.monotonic() - self._synced_at <= SYNC_INTERVAL + PRESSURE_TTL
@@ -479,7 +479,10 @@ class Pacer:
             try:
                 self.checkpoint()
             finally:
+                # A nested job hands the outer one back its own commits: a listed key's job inside an
+                # unlisted one must not leave the rest of the outer job relaxed (nor the reverse).
                 self.service, self.weight = previous, previous_weight
+                self.commits.wanted = previous_wanted
 
     def checkpoint(self) -> float:
         """Charge the database time spent since the last checkpoint; yield if the budget says so.
