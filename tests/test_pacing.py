@@ -522,6 +522,26 @@ def test_a_checkpoint_inside_a_transaction_charges_but_does_not_yield(fresh):
         assert pacer.checkpoint() > 0
 
 
+@override_settings(**PACED)
+@pytest.mark.django_db(transaction=True)
+def test_a_checkpoint_in_a_transaction_opened_without_atomic_does_not_yield(fresh):
+    from django.db import connection, transaction
+
+    press(1.0)
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        transaction.set_autocommit(False)  # a transaction no atomic block shows
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            spend(pacer, 0.1)
+            assert pacer.checkpoint() == 0.0  # before: slept ~0.2 s holding the transaction
+        finally:
+            transaction.rollback()
+            transaction.set_autocommit(True)
+        assert pacer.checkpoint() > 0  # outside it, the charge is paid
+
+
 # -- settings -----------------------------------------------------------------------------------
 
 

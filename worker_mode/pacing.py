@@ -559,7 +559,11 @@ class Pacer:
 def _in_transaction() -> bool:
     from django.db import connections
 
-    return any(connection.in_atomic_block for connection in connections.all(initialized_only=True))
+    # An atomic block, or a transaction opened with set_autocommit(False) (no atomic block shows it).
+    return any(
+        connection.in_atomic_block or (connection.connection is not None and not connection.get_autocommit())
+        for connection in connections.all(initialized_only=True)
+    )
 
 
 _pacer: Pacer | None = None
