@@ -24,8 +24,11 @@ PACED = {"WORKER_MODE": "", "WORKER_MODE_PACING_BUDGET": 0.5}
 
 
 @pytest.fixture
-def fresh(redis_conn):
-    """A new Pacer and Pressure for this process, and no state left in Redis."""
+def fresh(redis_conn, monkeypatch):
+    """A new Pacer and Pressure for this process, and no state left in Redis. Entries may expire up
+    to a minute ahead (``press`` publishes for 30 s: tests take their time)."""
+    monkeypatch.setattr(pacing, "PRESSURE_HORIZON", 60.0, raising=False)
+    monkeypatch.setattr(pacing, "PACE_HORIZON", 60.0, raising=False)
     pacing._forget()
     yield redis_conn
     pacing._forget()
@@ -465,6 +468,26 @@ def test_a_pressure_no_request_process_writes_is_dropped_not_obeyed(fresh, level
 
 
 @override_settings(**PACED)
+def test_an_entry_expiring_further_ahead_than_its_ttl_is_dropped(fresh, monkeypatch):
+    # A request process frozen (or dead) just after Redis's clock stepped back an hour: its entry
+    # would hold its pressure for the hour. Nothing a request process writes expires that far ahead.
+    monkeypatch.setattr(pacing, "PRESSURE_HORIZON", pacing.PRESSURE_TTL, raising=False)
+    monkeypatch.setattr(pacing, "PACE_HORIZON", pacing.PACE_TTL, raising=False)
+    far = (time.time() + 3600) * 1000
+    fresh.hset(pacing.PRESSURE_KEY, "frozen:1", f"0.9 {far}")
+    fresh.hset(pacing.PACE_KEY, "frozen:2", f"workflow:process 0.5 {far}")
+    assert pacing.report() == {"pressure": {}, "services": {}}
+    fresh.hset(pacing.PRESSURE_KEY, "frozen:1", f"0.9 {far}")
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        spend(pacer, 0.01)
+    assert pacer.pressure == 0.0 and not pacer.yielding
+    assert not fresh.hexists(pacing.PRESSURE_KEY, "frozen:1")
+    press(0.9, ttl=pacing.PRESSURE_TTL)  # what a live request process writes still counts
+    assert pacing.report()["pressure"] == {"web-test": 0.9}
+
+
+@override_settings(**PACED)
 @pytest.mark.parametrize("clock", ["inf", "nan"])
 def test_a_budget_clock_that_is_not_finite_starts_again(fresh, clock):
     press(1.0)
@@ -490,7 +513,7 @@ def test_an_infinite_charge_does_not_stop_the_budget_for_ever(fresh):
 @override_settings(**PACED, WORKER_MODE_METRICS_TOKEN="t0ken")
 @pytest.mark.django_db
 def test_hostile_entries_do_not_break_the_report_page_or_metrics(admin_client, client, fresh):
-    far = (time.time() + 3600) * 1000
+    far = (time.time() + 20) * 1000
     fresh.hset(pacing.PRESSURE_KEY, b"\xff\xfe:1", f"0.5 {far}")  # not UTF-8
     fresh.hset(pacing.PRESSURE_KEY, "a:1", "|")  # the old reply's separator
     fresh.hset(pacing.PACE_KEY, "|", f"workflow:process 0.5 {far}")

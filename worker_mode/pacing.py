@@ -64,6 +64,10 @@ PUBLISH_INTERVAL = 0.25
 PRESSURE_FLOOR = 0.05
 #: Seconds a published pressure holds without a newer one.
 PRESSURE_TTL = 1.0
+#: An entry expiring further ahead than this (seconds) was written under a clock that has since
+#: stepped back (Redis restarted or failed over to another host), or by no request process: dropped,
+#: or it would hold its pressure for as long as the step, past its writer's death or freeze.
+PRESSURE_HORIZON = PRESSURE_TTL
 #: Latency inflation over the idle baseline that doubles a busy share's pressure.
 LATENCY_SPAN = 0.25
 #: Weight of a new idle sample in a view's baseline (an exponential moving average).
@@ -82,6 +86,8 @@ BURST = 0.005
 ACTIVE_HOLD = 1.0
 #: Seconds a process's published pace holds without a newer one.
 PACE_TTL = 3.0
+#: As PRESSURE_HORIZON, for the published paces.
+PACE_HORIZON = PACE_TTL
 #: While yielding, a long job's units (import batches) aim at this many seconds of writing...
 UNIT_SECONDS = 0.02
 #: ...with at least this many rows.
@@ -92,19 +98,21 @@ PACE_MEMORY = 5.0
 RETRY_AFTER = 5.0
 
 # KEYS: pressure, budget, pace. ARGV: member, service, cost (ms, weighted), budget (ms per ms at full
-# pressure), burst (ms), pace, active hold (ms), pace ttl (ms).
+# pressure), burst (ms), pace, active hold (ms), pace ttl (ms), pressure horizon (ms).
 # Returns {wait ms, pressure} as strings (Lua numbers would be truncated to integers).
 _PACE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local pressure = 0
+local horizon = now + tonumber(ARGV[9])
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local level, expires = string.match(entries[i + 1], '^(%S+) (%S+)$')
   level = tonumber(level)
   expires = tonumber(expires)
   -- only what a request process writes counts: a level of 0 to 1 (tonumber takes 'nan' and 'inf')
-  if not level or not expires or expires < now or not (level >= 0 and level <= 1) then
+  if not level or not expires or expires < now or not (expires <= horizon)
+     or not (level >= 0 and level <= 1) then
     redis.call('HDEL', KEYS[1], entries[i])
   elseif level > pressure then
     pressure = level
@@ -145,7 +153,7 @@ if active > now then return 1 end
 return 0
 """
 
-# KEYS: pressure, pace. Returns {now ms, {pressure fields and values...}, {pace fields and values...}};
+# KEYS: pressure, pace. ARGV: pressure horizon (ms), pace horizon (ms). Returns {now ms, {pressure fields and values...}, {pace fields and values...}};
 # removes the pace entries that lapsed (a process that ended under pressure leaves one behind).
 _REPORT_SCRIPT = """
 local t = redis.call('TIME')
@@ -153,13 +161,15 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local pressure = redis.call('HGETALL', KEYS[1])
 for i = 1, #pressure, 2 do
   local expires = tonumber(string.match(pressure[i + 1], '^%S+ (%S+)$'))
-  if expires and expires < now then redis.call('HDEL', KEYS[1], pressure[i]) end
+  if expires and (expires < now or not (expires <= now + tonumber(ARGV[1]))) then
+    redis.call('HDEL', KEYS[1], pressure[i])
+  end
 end
 local live = {}
 local paces = redis.call('HGETALL', KEYS[2])
 for i = 1, #paces, 2 do
   local expires = tonumber(string.match(paces[i + 1], '(%S+)$'))
-  if not expires or expires < now then
+  if not expires or expires < now or not (expires <= now + tonumber(ARGV[2])) then
     redis.call('HDEL', KEYS[2], paces[i])
   else
     table.insert(live, paces[i])
@@ -537,7 +547,7 @@ class Pacer:
                 keys=[PRESSURE_KEY, BUDGET_KEY, PACE_KEY],
                 args=[member(), self.service, f"{self._pending * 1000:.3f}", f"{share:.6f}",
                       f"{BURST * 1000:.3f}", f"{self.pace:.3f}", int(ACTIVE_HOLD * 1000),
-                      int(PACE_TTL * 1000)],
+                      int(PACE_TTL * 1000), int(PRESSURE_HORIZON * 1000)],
             )  # fmt: skip
         except RedisError as exc:
             if not self._outage:  # once per outage
@@ -627,7 +637,9 @@ os.register_at_fork(after_in_child=_forget)
 def report() -> dict[str, Any]:
     """Live pressure per request node and pace per service: ``{"pressure": {node: level},
     "services": {key: {"pace": mean, "yielding": processes}}}`` (raises RedisError)."""
-    raw_now, raw_pressure, raw_paces = _script(_REPORT_SCRIPT)(keys=[PRESSURE_KEY, PACE_KEY])
+    raw_now, raw_pressure, raw_paces = _script(_REPORT_SCRIPT)(
+        keys=[PRESSURE_KEY, PACE_KEY], args=[int(PRESSURE_HORIZON * 1000), int(PACE_HORIZON * 1000)]
+    )
     now = float(_text(raw_now))
     pressure: dict[str, float] = {}
     for field, value in _pairs(raw_pressure):
