@@ -501,6 +501,20 @@ def test_a_budget_clock_that_is_not_finite_starts_again(fresh, clock):
 
 
 @override_settings(**PACED)
+def test_the_budgets_debt_is_at_most_one_longest_wait(fresh):
+    press(1.0)
+    fresh.hset(pacing.BUDGET_KEY, "tat", str((time.time() + 10**7) * 1000))  # clock stepped back
+    pacer = pacing.Pacer()
+    pacer.service, pacer._pending = "workflow:process", 0.001
+    wait = pacer._sync(pacing.budget())
+    # before: 10**7 s owed, so every checkpoint of every process yielded MAX_WAIT for months
+    assert wait <= pacing.MAX_WAIT
+    assert tat(fresh) <= (time.time() + pacing.MAX_WAIT + 1) * 1000
+    pacer._pending = 3600.0  # an hour of database time charged at once: the same bound
+    assert pacing.MAX_WAIT - 0.1 <= pacer._sync(pacing.budget()) <= pacing.MAX_WAIT
+
+
+@override_settings(**PACED)
 def test_an_infinite_charge_does_not_stop_the_budget_for_ever(fresh):
     press(1.0)
     pacer = pacing.Pacer()

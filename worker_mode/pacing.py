@@ -98,7 +98,7 @@ PACE_MEMORY = 5.0
 RETRY_AFTER = 5.0
 
 # KEYS: pressure, budget, pace. ARGV: member, service, cost (ms, weighted), budget (ms per ms at full
-# pressure), burst (ms), pace, active hold (ms), pace ttl (ms), pressure horizon (ms).
+# pressure), burst (ms), pace, active hold (ms), pace ttl (ms), pressure horizon (ms), longest wait (ms).
 # Returns {wait ms, pressure} as strings (Lua numbers would be truncated to integers).
 _PACE_SCRIPT = """
 local t = redis.call('TIME')
@@ -132,6 +132,11 @@ if not (tat >= now and tat < math.huge) then tat = now end
 local cost = tonumber(ARGV[3]) or 0
 if not (cost >= 0) then cost = 0 elseif cost > 3600000 then cost = 3600000 end
 tat = tat + cost / rate
+-- the budget's debt is at most one checkpoint's longest yield: beyond it, work goes on whatever the
+-- budget says, so a larger debt (a huge charge, a clock set ahead by hand or a clock stepped back)
+-- would only make every process of the cluster yield that longest wait at every checkpoint
+local limit = now + tonumber(ARGV[10]) + tonumber(ARGV[5]) / rate
+if tat > limit then tat = limit end
 redis.call('HSET', KEYS[2], 'tat', tostring(tat))
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. ARGV[6] .. ' ' .. tostring(now + tonumber(ARGV[8])))
 local wait = tat - now - tonumber(ARGV[5]) / rate
@@ -547,7 +552,8 @@ class Pacer:
                 keys=[PRESSURE_KEY, BUDGET_KEY, PACE_KEY],
                 args=[member(), self.service, f"{self._pending * 1000:.3f}", f"{share:.6f}",
                       f"{BURST * 1000:.3f}", f"{self.pace:.3f}", int(ACTIVE_HOLD * 1000),
-                      int(PACE_TTL * 1000), int(PRESSURE_HORIZON * 1000)],
+                      int(PACE_TTL * 1000), int(PRESSURE_HORIZON * 1000),
+                      int(MAX_WAIT * 1000)],
             )  # fmt: skip
         except RedisError as exc:
             if not self._outage:  # once per outage
