@@ -514,6 +514,14 @@ def test_the_budgets_debt_is_at_most_one_longest_wait(fresh):
     assert pacing.MAX_WAIT - 0.1 <= pacer._sync(pacing.budget()) <= pacing.MAX_WAIT
 
 
+@override_settings(WORKER_MODE="", WORKER_MODE_PACING_BUDGET=1e-7)
+def test_a_tiny_budget_is_not_rounded_to_off(fresh):
+    press(1.0)
+    pacer = pacing.Pacer()
+    pacer.service, pacer._pending = "workflow:process", 0.01
+    assert pacer._sync(pacing.budget()) > 0  # before: sent as "0.000000", read as pacing off
+
+
 @override_settings(**PACED)
 def test_an_infinite_charge_does_not_stop_the_budget_for_ever(fresh):
     press(1.0)

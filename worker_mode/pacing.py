@@ -550,7 +550,7 @@ class Pacer:
         try:
             wait, pressure = _script(_PACE_SCRIPT)(
                 keys=[PRESSURE_KEY, BUDGET_KEY, PACE_KEY],
-                args=[member(), self.service, f"{self._pending * 1000:.3f}", f"{share:.6f}",
+                args=[member(), self.service, f"{self._pending * 1000:.3f}", repr(share),
                       f"{BURST * 1000:.3f}", f"{self.pace:.3f}", int(ACTIVE_HOLD * 1000),
                       int(PACE_TTL * 1000), int(PRESSURE_HORIZON * 1000),
                       int(MAX_WAIT * 1000)],
