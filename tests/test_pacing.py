@@ -24,8 +24,11 @@ PACED = {"WORKER_MODE": "", "WORKER_MODE_PACING_BUDGET": 0.5}
 
 
 @pytest.fixture
-def fresh(redis_conn):
-    """A new Pacer and Pressure for this process, and no state left in Redis."""
+def fresh(redis_conn, monkeypatch):
+    """A new Pacer and Pressure for this process, and no state left in Redis. Entries may expire up
+    to a minute ahead (``press`` publishes for 30 s: tests take their time)."""
+    monkeypatch.setattr(pacing, "PRESSURE_HORIZON", 60.0, raising=False)
+    monkeypatch.setattr(pacing, "PACE_HORIZON", 60.0, raising=False)
     pacing._forget()
     yield redis_conn
     pacing._forget()
@@ -412,6 +415,20 @@ def test_a_pressure_seen_long_ago_does_not_relax_the_next_jobs_commits(fresh):
         assert pacer.commits.wanted is True
 
 
+@override_settings(**PACED, WORKER_MODE_PACING_ASYNC_COMMIT=("workflow:process",))
+@pytest.mark.django_db(transaction=True)
+def test_a_nested_job_of_a_listed_key_leaves_the_outer_jobs_commits_durable(fresh):
+    pacer = pacing.Pacer()
+    pacer.pressure, pacer._synced_at = 1.0, time.monotonic()  # under pressure, seen just now
+    with pacer.job("async-task:process"):  # not listed: durable commits
+        with pacer.job("workflow:process"):  # listed: relaxed while it runs
+            assert pacer.commits.wanted is True
+        # before: still relaxed for the rest of the outer, unlisted job
+        assert pacer.commits.wanted is False
+        if is_postgres():
+            assert synchronous_commit() == "on"
+
+
 @override_settings(**PACED)
 def test_units_shrink_to_a_target_duration_only_while_yielding(fresh):
     pacer = pacing.pacer()
@@ -451,6 +468,26 @@ def test_a_pressure_no_request_process_writes_is_dropped_not_obeyed(fresh, level
 
 
 @override_settings(**PACED)
+def test_an_entry_expiring_further_ahead_than_its_ttl_is_dropped(fresh, monkeypatch):
+    # A request process frozen (or dead) just after Redis's clock stepped back an hour: its entry
+    # would hold its pressure for the hour. Nothing a request process writes expires that far ahead.
+    monkeypatch.setattr(pacing, "PRESSURE_HORIZON", pacing.PRESSURE_TTL, raising=False)
+    monkeypatch.setattr(pacing, "PACE_HORIZON", pacing.PACE_TTL, raising=False)
+    far = (time.time() + 3600) * 1000
+    fresh.hset(pacing.PRESSURE_KEY, "frozen:1", f"0.9 {far}")
+    fresh.hset(pacing.PACE_KEY, "frozen:2", f"workflow:process 0.5 {far}")
+    assert pacing.report() == {"pressure": {}, "services": {}}
+    fresh.hset(pacing.PRESSURE_KEY, "frozen:1", f"0.9 {far}")
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        spend(pacer, 0.01)
+    assert pacer.pressure == 0.0 and not pacer.yielding
+    assert not fresh.hexists(pacing.PRESSURE_KEY, "frozen:1")
+    press(0.9, ttl=pacing.PRESSURE_TTL)  # what a live request process writes still counts
+    assert pacing.report()["pressure"] == {"web-test": 0.9}
+
+
+@override_settings(**PACED)
 @pytest.mark.parametrize("clock", ["inf", "nan"])
 def test_a_budget_clock_that_is_not_finite_starts_again(fresh, clock):
     press(1.0)
@@ -461,6 +498,28 @@ def test_a_budget_clock_that_is_not_finite_starts_again(fresh, clock):
         spend(pacer, 0.01)
     assert time.monotonic() - started < 1.0
     assert 0 < tat(fresh) < float("inf")
+
+
+@override_settings(**PACED)
+def test_the_budgets_debt_is_at_most_one_longest_wait(fresh):
+    press(1.0)
+    fresh.hset(pacing.BUDGET_KEY, "tat", str((time.time() + 10**7) * 1000))  # clock stepped back
+    pacer = pacing.Pacer()
+    pacer.service, pacer._pending = "workflow:process", 0.001
+    wait = pacer._sync(pacing.budget())
+    # before: 10**7 s owed, so every checkpoint of every process yielded MAX_WAIT for months
+    assert wait <= pacing.MAX_WAIT
+    assert tat(fresh) <= (time.time() + pacing.MAX_WAIT + 1) * 1000
+    pacer._pending = 3600.0  # an hour of database time charged at once: the same bound
+    assert pacing.MAX_WAIT - 0.1 <= pacer._sync(pacing.budget()) <= pacing.MAX_WAIT
+
+
+@override_settings(WORKER_MODE="", WORKER_MODE_PACING_BUDGET=1e-7)
+def test_a_tiny_budget_is_not_rounded_to_off(fresh):
+    press(1.0)
+    pacer = pacing.Pacer()
+    pacer.service, pacer._pending = "workflow:process", 0.01
+    assert pacer._sync(pacing.budget()) > 0  # before: sent as "0.000000", read as pacing off
 
 
 @override_settings(**PACED)
@@ -476,7 +535,7 @@ def test_an_infinite_charge_does_not_stop_the_budget_for_ever(fresh):
 @override_settings(**PACED, WORKER_MODE_METRICS_TOKEN="t0ken")
 @pytest.mark.django_db
 def test_hostile_entries_do_not_break_the_report_page_or_metrics(admin_client, client, fresh):
-    far = (time.time() + 3600) * 1000
+    far = (time.time() + 20) * 1000
     fresh.hset(pacing.PRESSURE_KEY, b"\xff\xfe:1", f"0.5 {far}")  # not UTF-8
     fresh.hset(pacing.PRESSURE_KEY, "a:1", "|")  # the old reply's separator
     fresh.hset(pacing.PACE_KEY, "|", f"workflow:process 0.5 {far}")
@@ -506,6 +565,26 @@ def test_a_checkpoint_inside_a_transaction_charges_but_does_not_yield(fresh):
             assert pacer.checkpoint() == 0.0  # no sleep holding the transaction's locks
         assert tat(fresh) > 0  # but charged: the next checkpoint outside pays for it
         assert pacer.checkpoint() > 0
+
+
+@override_settings(**PACED)
+@pytest.mark.django_db(transaction=True)
+def test_a_checkpoint_in_a_transaction_opened_without_atomic_does_not_yield(fresh):
+    from django.db import connection, transaction
+
+    press(1.0)
+    pacer = pacing.Pacer()
+    with pacer.job("workflow:process"):
+        transaction.set_autocommit(False)  # a transaction no atomic block shows
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            spend(pacer, 0.1)
+            assert pacer.checkpoint() == 0.0  # before: slept ~0.2 s holding the transaction
+        finally:
+            transaction.rollback()
+            transaction.set_autocommit(True)
+        assert pacer.checkpoint() > 0  # outside it, the charge is paid
 
 
 # -- settings -----------------------------------------------------------------------------------

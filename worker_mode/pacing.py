@@ -64,6 +64,10 @@ PUBLISH_INTERVAL = 0.25
 PRESSURE_FLOOR = 0.05
 #: Seconds a published pressure holds without a newer one.
 PRESSURE_TTL = 1.0
+#: An entry expiring further ahead than this (seconds) was written under a clock that has since
+#: stepped back (Redis restarted or failed over to another host), or by no request process: dropped,
+#: or it would hold its pressure for as long as the step, past its writer's death or freeze.
+PRESSURE_HORIZON = PRESSURE_TTL
 #: Latency inflation over the idle baseline that doubles a busy share's pressure.
 LATENCY_SPAN = 0.25
 #: Weight of a new idle sample in a view's baseline (an exponential moving average).
@@ -82,6 +86,8 @@ BURST = 0.005
 ACTIVE_HOLD = 1.0
 #: Seconds a process's published pace holds without a newer one.
 PACE_TTL = 3.0
+#: As PRESSURE_HORIZON, for the published paces.
+PACE_HORIZON = PACE_TTL
 #: While yielding, a long job's units (import batches) aim at this many seconds of writing...
 UNIT_SECONDS = 0.02
 #: ...with at least this many rows.
@@ -92,19 +98,21 @@ PACE_MEMORY = 5.0
 RETRY_AFTER = 5.0
 
 # KEYS: pressure, budget, pace. ARGV: member, service, cost (ms, weighted), budget (ms per ms at full
-# pressure), burst (ms), pace, active hold (ms), pace ttl (ms).
+# pressure), burst (ms), pace, active hold (ms), pace ttl (ms), pressure horizon (ms), longest wait (ms).
 # Returns {wait ms, pressure} as strings (Lua numbers would be truncated to integers).
 _PACE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local pressure = 0
+local horizon = now + tonumber(ARGV[9])
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local level, expires = string.match(entries[i + 1], '^(%S+) (%S+)$')
   level = tonumber(level)
   expires = tonumber(expires)
   -- only what a request process writes counts: a level of 0 to 1 (tonumber takes 'nan' and 'inf')
-  if not level or not expires or expires < now or not (level >= 0 and level <= 1) then
+  if not level or not expires or expires < now or not (expires <= horizon)
+     or not (level >= 0 and level <= 1) then
     redis.call('HDEL', KEYS[1], entries[i])
   elseif level > pressure then
     pressure = level
@@ -124,6 +132,11 @@ if not (tat >= now and tat < math.huge) then tat = now end
 local cost = tonumber(ARGV[3]) or 0
 if not (cost >= 0) then cost = 0 elseif cost > 3600000 then cost = 3600000 end
 tat = tat + cost / rate
+-- the budget's debt is at most one checkpoint's longest yield: beyond it, work goes on whatever the
+-- budget says, so a larger debt (a huge charge, a clock set ahead by hand or a clock stepped back)
+-- would only make every process of the cluster yield that longest wait at every checkpoint
+local limit = now + tonumber(ARGV[10]) + tonumber(ARGV[5]) / rate
+if tat > limit then tat = limit end
 redis.call('HSET', KEYS[2], 'tat', tostring(tat))
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. ARGV[6] .. ' ' .. tostring(now + tonumber(ARGV[8])))
 local wait = tat - now - tonumber(ARGV[5]) / rate
@@ -145,7 +158,7 @@ if active > now then return 1 end
 return 0
 """
 
-# KEYS: pressure, pace. Returns {now ms, {pressure fields and values...}, {pace fields and values...}};
+# KEYS: pressure, pace. ARGV: pressure horizon (ms), pace horizon (ms). Returns {now ms, {pressure fields and values...}, {pace fields and values...}};
 # removes the pace entries that lapsed (a process that ended under pressure leaves one behind).
 _REPORT_SCRIPT = """
 local t = redis.call('TIME')
@@ -153,13 +166,15 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local pressure = redis.call('HGETALL', KEYS[1])
 for i = 1, #pressure, 2 do
   local expires = tonumber(string.match(pressure[i + 1], '^%S+ (%S+)$'))
-  if expires and expires < now then redis.call('HDEL', KEYS[1], pressure[i]) end
+  if expires and (expires < now or not (expires <= now + tonumber(ARGV[1]))) then
+    redis.call('HDEL', KEYS[1], pressure[i])
+  end
 end
 local live = {}
 local paces = redis.call('HGETALL', KEYS[2])
 for i = 1, #paces, 2 do
   local expires = tonumber(string.match(paces[i + 1], '(%S+)$'))
-  if not expires or expires < now then
+  if not expires or expires < now or not (expires <= now + tonumber(ARGV[2])) then
     redis.call('HDEL', KEYS[2], paces[i])
   else
     table.insert(live, paces[i])
@@ -464,7 +479,7 @@ class Pacer:
         """Run one job of ``service`` under pacing (the worker classes do this for every rq job)."""
         from django.db import connections
 
-        previous, previous_weight = self.service, self.weight
+        previous, previous_weight, previous_wanted = self.service, self.weight, self.commits.wanted
         self.service, self.weight = service, weight_of(service)
         # Only a pressure looked at lately counts: after an idle spell the last look may be hours old.
         recent = time.monotonic() - self._synced_at <= SYNC_INTERVAL + PRESSURE_TTL
@@ -479,7 +494,10 @@ class Pacer:
             try:
                 self.checkpoint()
             finally:
+                # A nested job hands the outer one back its own commits: a listed key's job inside an
+                # unlisted one must not leave the rest of the outer job relaxed (nor the reverse).
                 self.service, self.weight = previous, previous_weight
+                self.commits.wanted = previous_wanted
 
     def checkpoint(self) -> float:
         """Charge the database time spent since the last checkpoint; yield if the budget says so.
@@ -532,9 +550,10 @@ class Pacer:
         try:
             wait, pressure = _script(_PACE_SCRIPT)(
                 keys=[PRESSURE_KEY, BUDGET_KEY, PACE_KEY],
-                args=[member(), self.service, f"{self._pending * 1000:.3f}", f"{share:.6f}",
+                args=[member(), self.service, f"{self._pending * 1000:.3f}", repr(share),
                       f"{BURST * 1000:.3f}", f"{self.pace:.3f}", int(ACTIVE_HOLD * 1000),
-                      int(PACE_TTL * 1000)],
+                      int(PACE_TTL * 1000), int(PRESSURE_HORIZON * 1000),
+                      int(MAX_WAIT * 1000)],
             )  # fmt: skip
         except RedisError as exc:
             if not self._outage:  # once per outage
@@ -556,7 +575,11 @@ class Pacer:
 def _in_transaction() -> bool:
     from django.db import connections
 
-    return any(connection.in_atomic_block for connection in connections.all(initialized_only=True))
+    # An atomic block, or a transaction opened with set_autocommit(False) (no atomic block shows it).
+    return any(
+        connection.in_atomic_block or (connection.connection is not None and not connection.get_autocommit())
+        for connection in connections.all(initialized_only=True)
+    )
 
 
 _pacer: Pacer | None = None
@@ -620,7 +643,9 @@ os.register_at_fork(after_in_child=_forget)
 def report() -> dict[str, Any]:
     """Live pressure per request node and pace per service: ``{"pressure": {node: level},
     "services": {key: {"pace": mean, "yielding": processes}}}`` (raises RedisError)."""
-    raw_now, raw_pressure, raw_paces = _script(_REPORT_SCRIPT)(keys=[PRESSURE_KEY, PACE_KEY])
+    raw_now, raw_pressure, raw_paces = _script(_REPORT_SCRIPT)(
+        keys=[PRESSURE_KEY, PACE_KEY], args=[int(PRESSURE_HORIZON * 1000), int(PACE_HORIZON * 1000)]
+    )
     now = float(_text(raw_now))
     pressure: dict[str, float] = {}
     for field, value in _pairs(raw_pressure):
