@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import threading
 import time
+from fractions import Fraction
 
 import pytest
 from django.core.checks import run_checks
@@ -130,6 +132,41 @@ def test_requests_publish_pressure_and_a_quiet_window_takes_it_back(client, fres
     assert report["pressure"][node] > 0
     pressure.publish()  # a quiet window takes the entry back
     assert node not in pacing.report()["pressure"]
+
+
+@override_settings(**PACED)
+def test_a_request_is_served_when_the_pressure_thread_cannot_start(client, fresh, monkeypatch, caplog):
+    with override_settings(WORKER_MODE_PACING_BUDGET=0):
+        client.get("/admin/login/")  # the first request loads the URLs
+    pressure = pacing._pressure = pacing.Pressure()
+    start = threading.Thread.start
+
+    def refuse(thread):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with caplog.at_level(logging.WARNING, logger="worker_mode.pacing"):
+        assert client.get("/admin/login/").status_code == 200  # before: the RuntimeError was the answer
+        assert client.get("/admin/login/").status_code == 200
+    assert pressure._thread is None and len(pressure.requests) == 2  # counted all the same
+    assert sum("Could not start publishing" in record.getMessage() for record in caplog.records) == 1
+    # The thread limit lifted: the next request after the retry delay starts the thread.
+    monkeypatch.setattr(threading.Thread, "start", start)
+    monkeypatch.setattr(pacing.Pressure, "_run", lambda self: None)  # a thread that ends at once
+    assert client.get("/admin/login/").status_code == 200
+    assert pressure._thread is None  # within the retry delay: not tried again
+    pressure._thread_retry_at = time.monotonic() - 1
+    assert client.get("/admin/login/").status_code == 200
+    assert isinstance(pressure._thread, threading.Thread)
+
+
+def test_fractions_are_numbers_at_run_time_as_for_the_checks():
+    """E017/E018 accept any real number; before, pacing read a Fraction as 0 (off, opted out)."""
+    with override_settings(WORKER_MODE_PACING_BUDGET=Fraction(3, 10),
+                           WORKER_MODE_PACING={"workflow:process": Fraction(1, 2)}):  # fmt: skip
+        assert not [m for m in run_checks() if m.id in ("worker_mode.E017", "worker_mode.E018")]
+        assert pacing.budget() == 0.3 and pacing.enabled()
+        assert pacing.weight_of("workflow:process") == 0.5
 
 
 @override_settings(WORKER_MODE="", WORKER_MODE_PACING_BUDGET=0)

@@ -41,6 +41,7 @@ import contextlib
 import functools
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -158,7 +159,8 @@ if active > now then return 1 end
 return 0
 """
 
-# KEYS: pressure, pace. ARGV: pressure horizon (ms), pace horizon (ms). Returns {now ms, {pressure fields and values...}, {pace fields and values...}};
+# KEYS: pressure, pace. ARGV: pressure horizon (ms), pace horizon (ms).
+# Returns {now ms, {pressure fields and values...}, {pace fields and values...}};
 # removes the pace entries that lapsed (a process that ended under pressure leaves one behind).
 _REPORT_SCRIPT = """
 local t = redis.call('TIME')
@@ -255,7 +257,8 @@ def relaxed_keys() -> tuple[str, ...]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number (as checks E017/E018 accept: ``Fraction`` too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- the request side ---------------------------------------------------------------------------
@@ -282,6 +285,7 @@ class Pressure:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._failing_until = 0.0
+        self._thread_retry_at = 0.0
 
     def begin(self, token: int, started: float) -> None:
         """Request ``token`` (e.g. ``id(request)``) starts at ``started`` (monotonic)."""
@@ -363,11 +367,22 @@ class Pressure:
                 logger.exception("Publishing request pressure failed")
 
     def _start_thread(self) -> None:
+        """Start the publishing thread; never raises (it runs after every request). A process that
+        cannot start a thread (at its limit) tries again ``RETRY_AFTER`` later, saying so once."""
+        now = time.monotonic()
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None or now < self._thread_retry_at:
                 return
-            self._thread = threading.Thread(target=self._run, name="worker-mode-pressure", daemon=True)
-        self._thread.start()
+            thread = threading.Thread(target=self._run, name="worker-mode-pressure", daemon=True)
+            self._thread = thread
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread"
+            if not self._thread_retry_at:
+                logger.warning("Could not start publishing request pressure (retrying every %.0f s): %s",
+                               RETRY_AFTER, exc)  # fmt: skip
+            self._thread_retry_at = now + RETRY_AFTER
+            self._thread = None
 
 
 _pressure: Pressure | None = None
