@@ -36,13 +36,28 @@ import sys
 import tempfile
 import threading
 import time
-from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # before bench/: its workflows.py is not the workflows app
 
-from isolation import Node, Postgres, bench_workflow, free_port, open_loop, wait_port, write_csv, wrk  # noqa: E402
+from isolation import (  # noqa: E402
+    Node,
+    backlog_done,
+    bench_user,
+    bench_workflow,
+    free_port,
+    open_loop,
+    queue_backlog,
+    site,
+    wait_port,
+    write_csv,
+    wrk,
+)
+
+#: PostgreSQL's log (in its data directory's pg-log/): each line starts with the epoch time in ms, and
+#: the request node's sessions log every statement's duration (PGOPTIONS on that node only).
+LOGGING = "-c logging_collector=on -c log_directory=pg-log -c log_line_prefix='%n '"
 
 
 def percentiles(values: list[float]) -> str:
@@ -121,49 +136,12 @@ def main() -> None:
     if os.cpu_count() < 2 or not shutil.which("wrk") or os.geteuid() != 0:
         raise SystemExit("needs 2 CPUs, wrk (apt-get install wrk) and root")
     os.sched_setaffinity(0, {1})
-    tmp = Path(tempfile.mkdtemp(prefix="bench-dbwait-"))
-    shutil.chown(tmp, "postgres")
-    logs = tmp / "pg-log"
-    pg = Postgres(tmp, "1", f"-c logging_collector=on -c log_directory={logs} -c log_line_prefix='%n '")
-    probe = Path(
-        tempfile.mkdtemp(prefix="bench-dbwait-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
-    )
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        ["taskset", "-c", "1", shutil.which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_port(redis_port)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("WORKER_MODE")},
-        "DJANGO_SETTINGS_MODULE": "nocobase_site.settings",
-        "DATABASE_URL": pg.url,
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "VAR_DIR": str(tmp / "var"),
-        "ASYNC_TASKS_DIR": str(tmp / "tasks"),
-        "LOG_LEVEL": "WARNING",
-        "GUNICORN_ACCESS_LOG": "",
-        "WEB_CONCURRENCY": "2",
-        "WORKER_MODE_SERVICE_PROCESSES": "workflow:process=1",
-        "WORKER_MODE_PROCESSES": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    os.environ.update(env)
-    nodes: list[Node] = []
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None  # the probe's files: no disk writes
+    probe = Path(tempfile.mkdtemp(prefix="bench-dbwait-", dir=shm))
     try:
-        subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, check=True)
-        run(args, budgets, env, tmp, probe, logs, pg, nodes)
+        with site("bench-dbwait-", "1", LOGGING) as (tmp, pg, env, nodes):
+            run(args, budgets, env, tmp, probe, pg.dir / "pg-log", pg, nodes)
     finally:
-        for node in nodes:
-            node.stop()
-        redis.terminate()
-        redis.wait(10)
-        from django.db import connections
-
-        connections.close_all()
-        pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(probe, ignore_errors=True)
 
 
@@ -174,51 +152,11 @@ def run(args, budgets, env, tmp, probe, logs, pg, nodes) -> None:  # noqa: ANN00
 
     django.setup()
     logging.getLogger("worker_mode.coverage").setLevel(logging.ERROR)  # backlogs wait for their workers
-    from django.contrib.auth.models import User
-    from django.db import connection
-
-    from api_tokens.models import ApiToken
-    from async_tasks import tasks
-    from async_tasks.models import AsyncTask
-    from catalog.models import Product
-    from worker_mode.queues import get_connection
-    from workflows import triggers
-    from workflows.models import Execution
-
-    user = User.objects.create_superuser("bench", "bench@example.com", "pw-bench-12345")
-    _, token = ApiToken.issue(user, "dbwait")
-    for _ in range(20):
-        AsyncTask.objects.create(
-            kind="export", model="catalog.Product", format="csv", owner=user, status="succeeded"
-        )
+    user, token = bench_user("dbwait")
     workflow = bench_workflow()
     upload = tmp / "import.csv"
     if args.rows:
         write_csv(upload, args.rows)
-
-    def backlog() -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE catalog_product RESTART IDENTITY CASCADE")
-        Execution.objects.all().delete()
-        AsyncTask.objects.filter(kind="import").delete()
-        for key in ("workflow:process", "async-task:process"):
-            get_connection(key).delete(f"rq:queue:{key}")
-        Product.objects.bulk_create(
-            Product(sku=f"W-{i:04d}", name="w", price=Decimal(1), quantity=10**9) for i in range(1000)
-        )
-        if args.rows:
-            with upload.open("rb") as handle:
-                tasks.create_import(user, "catalog.Product", handle, name="import.csv")
-        for i in range(args.executions):
-            triggers.trigger_manually(workflow, {"quantity": i % 7 + 1, "sku": f"W-{i % 1000:04d}"})
-        with connection.cursor() as cursor:
-            cursor.execute("VACUUM ANALYZE")
-            cursor.execute("CHECKPOINT")
-        os.sync()
-
-    def done() -> tuple[int, int]:
-        task = AsyncTask.objects.filter(kind="import").first()
-        return (task.done if task else 0), Execution.objects.filter(status="resolved").count()
 
     def round_trips(start: float, end: float) -> list[float]:
         found = []
@@ -241,9 +179,9 @@ def run(args, budgets, env, tmp, probe, logs, pg, nodes) -> None:  # noqa: ANN00
     results = {}
 
     def measure(label: str) -> dict:
-        before_cpu, before_done, start = cpu_times(), done(), time.time()
+        before_cpu, before_done, start = cpu_times(), backlog_done(), time.time()
         figures = open_loop(url, token, args.duration, rate)
-        end, after_cpu, after_done = time.time(), cpu_times(), done()
+        end, after_cpu, after_done = time.time(), cpu_times(), backlog_done()
         time.sleep(1)  # PostgreSQL's logging collector writes the last lines
         trips, inside = round_trips(start, end), inside_postgres(start, end)
         rows, executions = after_done[0] - before_done[0], after_done[1] - before_done[1]
@@ -283,7 +221,7 @@ def run(args, budgets, env, tmp, probe, logs, pg, nodes) -> None:  # noqa: ANN00
     print(f"open-loop rate: {rate} requests/s (idle closed loop: {closed['rps']:.0f} req/s)")
     idle = measure("idle")
     for budget in budgets:
-        backlog()
+        queue_backlog(user, workflow, upload if args.rows else None, args.executions)
         workers = Node(1, "workflow:process,async-task:process",
                        {**env, "WORKER_MODE_PACING_BUDGET": str(budget), "PGAPPNAME": "background"},
                        "--bind", f"127.0.0.1:{free_port()}")  # fmt: skip

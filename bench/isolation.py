@@ -46,6 +46,7 @@ Needs root (a private PostgreSQL is started as the ``postgres`` user) and Debian
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -58,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,9 +226,18 @@ def main() -> None:
     if os.cpu_count() < 2 or not shutil.which("wrk") or os.geteuid() != 0:
         raise SystemExit("needs 2 CPUs, wrk (apt-get install wrk) and root")
     os.sched_setaffinity(0, {1})  # this process prepares backlogs: keep it off the request node's CPU
-    tmp = Path(tempfile.mkdtemp(prefix="bench-isolation-"))
+    with site("bench-isolation-", args.db_cpus) as (tmp, _pg, env, nodes):
+        run(args, env, tmp, nodes)
+
+
+@contextlib.contextmanager
+def site(prefix: str, db_cpus: str = "1", pg_options: str = "") -> Iterator[tuple]:
+    """A private PostgreSQL (on ``db_cpus``) and Redis (on CPU 1), the site's environment pointing at
+    them (also set in this process), migrated; yields (tmp, pg, env, nodes), and stops the nodes
+    appended to ``nodes``, Redis and PostgreSQL at the end."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     shutil.chown(tmp, "postgres")
-    pg = Postgres(tmp, args.db_cpus)
+    pg = Postgres(tmp, db_cpus, pg_options)
     redis_port = free_port()
     redis = subprocess.Popen(
         ["taskset", "-c", "1", shutil.which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
@@ -252,7 +263,7 @@ def main() -> None:
     nodes: list[Node] = []
     try:
         subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, check=True)
-        run(args, env, tmp, nodes)
+        yield tmp, pg, env, nodes
     finally:
         for node in nodes:
             node.stop()
@@ -265,6 +276,73 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_user(token_name: str):  # noqa: ANN201
+    """A superuser with an API token (returned with it), and 20 export tasks for GET /api/tasks to list."""
+    from django.contrib.auth.models import User
+
+    from api_tokens.models import ApiToken
+    from async_tasks.models import AsyncTask
+
+    user = User.objects.create_superuser("bench", "bench@example.com", "pw-bench-12345")
+    _, token = ApiToken.issue(user, token_name)
+    for _ in range(20):
+        AsyncTask.objects.create(
+            kind="export", model="catalog.Product", format="csv", owner=user, status="succeeded"
+        )
+    return user, token
+
+
+def queue_backlog(user, workflow, upload: Path | None, executions: int) -> None:  # noqa: ANN001
+    """Queue a phase's heavy work on a fresh catalog: the import of ``upload`` (if any) and
+    ``executions`` executions of ``workflow`` (bench_workflow), then settle()."""
+    from decimal import Decimal
+
+    from django.db import connection
+
+    from async_tasks import tasks
+    from async_tasks.models import AsyncTask
+    from catalog.models import Product
+    from worker_mode.queues import get_connection
+    from workflows import triggers
+    from workflows.models import Execution
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE catalog_product RESTART IDENTITY CASCADE")
+    Execution.objects.all().delete()
+    AsyncTask.objects.filter(kind="import").delete()
+    for key in ("workflow:process", "async-task:process"):
+        get_connection(key).delete(f"rq:queue:{key}")
+    Product.objects.bulk_create(
+        Product(sku=f"W-{i:04d}", name="w", price=Decimal(1), quantity=10**9) for i in range(1000)
+    )
+    if upload is not None:
+        with upload.open("rb") as handle:
+            tasks.create_import(user, "catalog.Product", handle, name="import.csv")
+    for i in range(executions):
+        triggers.trigger_manually(workflow, {"quantity": i % 7 + 1, "sku": f"W-{i % 1000:04d}"})
+    settle()
+
+
+def settle() -> None:
+    """Every phase starts from a clean checkpoint: the writes of the last phase (and of queuing the
+    backlog) are flushed now, not by the checkpointer during the next measurement."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+        cursor.execute("CHECKPOINT")
+    os.sync()  # and the files written meanwhile (the uploads): no writeback during the window
+
+
+def backlog_done() -> tuple[int, int]:
+    """Import rows done and executions resolved so far."""
+    from async_tasks.models import AsyncTask
+    from workflows.models import Execution
+
+    task = AsyncTask.objects.filter(kind="import").first()
+    return (task.done if task else 0), Execution.objects.filter(status="resolved").count()
+
+
 def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[Node]) -> None:
     sys.path.insert(0, str(ROOT))
     import logging
@@ -275,28 +353,11 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
     logging.getLogger("worker_mode.coverage").setLevel(
         logging.ERROR
     )  # backlogs are queued before workers start
-    from decimal import Decimal
-
-    from django.contrib.auth.models import User
-    from django.db import connection
-
-    from api_tokens.models import ApiToken
-    from async_tasks import tasks
-    from async_tasks.models import AsyncTask
-    from catalog.models import Product
     from worker_mode import pacing
     from worker_mode.conf import conf
-    from worker_mode.queues import get_connection
-    from workflows import triggers
-    from workflows.models import Execution
 
     default_budget = conf.WORKER_MODE_PACING_BUDGET if args.budget is None else args.budget
-    user = User.objects.create_superuser("bench", "bench@example.com", "pw-bench-12345")
-    _, token = ApiToken.issue(user, "isolation")
-    for _ in range(20):  # something for the page to list
-        AsyncTask.objects.create(
-            kind="export", model="catalog.Product", format="csv", owner=user, status="succeeded"
-        )
+    user, token = bench_user("isolation")
     workflow = bench_workflow()
     upload = tmp / "import.csv"
     write_csv(upload, args.rows)
@@ -305,32 +366,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
 
     def backlog() -> None:
         """Queue the heavy work: one import of --rows rows and --executions executions."""
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE catalog_product RESTART IDENTITY CASCADE")
-        Execution.objects.all().delete()
-        AsyncTask.objects.filter(kind="import").delete()
-        for key in ("workflow:process", "async-task:process"):
-            get_connection(key).delete(f"rq:queue:{key}")
-        Product.objects.bulk_create(
-            Product(sku=f"W-{i:04d}", name="w", price=Decimal(1), quantity=10**9) for i in range(1000)
-        )
-        with upload.open("rb") as handle:
-            tasks.create_import(user, "catalog.Product", handle, name="import.csv")
-        for i in range(args.executions):
-            triggers.trigger_manually(workflow, {"quantity": i % 7 + 1, "sku": f"W-{i % 1000:04d}"})
-        settle()
-
-    def settle() -> None:
-        """Every phase starts from a clean checkpoint: the writes of the last phase (and of queuing the
-        backlog) are flushed now, not by the checkpointer during the next measurement."""
-        with connection.cursor() as cursor:
-            cursor.execute("VACUUM ANALYZE")
-            cursor.execute("CHECKPOINT")
-        os.sync()  # and the files written meanwhile (the uploads): no writeback during the window
-
-    def progress() -> tuple[int, int]:
-        task = AsyncTask.objects.filter(kind="import").first()
-        return (task.done if task else 0), Execution.objects.filter(status="resolved").count()
+        queue_backlog(user, workflow, upload, args.executions)
 
     def show(label: str, figures: dict) -> dict:
         errors = f", non-2xx {figures['non2xx']}" if figures.get("non2xx") else ""
@@ -353,7 +389,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
         return ", ".join(f"{key} {row['pace']:.0%}" for key, row in sorted(services.items()))
 
     def measure(label: str, load: str) -> dict:
-        before = progress()
+        before = backlog_done()
         if load == "closed":
             figures = wrk(url, token, args.duration, args.connections)
         elif load == "open":
@@ -362,7 +398,7 @@ def run(args: argparse.Namespace, env: dict[str, str], tmp: Path, nodes: list[No
             time.sleep(args.duration)
             figures = {}
         figures["pace"] = paces()
-        after = progress()
+        after = backlog_done()
         figures["rows"], figures["executions"] = after[0] - before[0], after[1] - before[1]
         return show(label, figures)
 
