@@ -589,39 +589,40 @@ def test_hostile_entries_do_not_break_the_report_page_or_metrics(admin_client, c
     assert "Request pressure: none" in out.getvalue()
 
 
-@override_settings(**PACED)
-@pytest.mark.django_db(transaction=True)
-def test_a_checkpoint_inside_a_transaction_charges_but_does_not_yield(fresh):
-    from django.db import transaction
-
-    press(1.0)
-    pacer = pacing.Pacer()
-    with pacer.job("workflow:process"):
-        with transaction.atomic():
-            spend(pacer, 0.1)
-            assert pacer.checkpoint() == 0.0  # no sleep holding the transaction's locks
-        assert tat(fresh) > 0  # but charged: the next checkpoint outside pays for it
-        assert pacer.checkpoint() > 0
-
-
-@override_settings(**PACED)
-@pytest.mark.django_db(transaction=True)
-def test_a_checkpoint_in_a_transaction_opened_without_atomic_does_not_yield(fresh):
+@contextlib.contextmanager
+def without_atomic():
+    """A transaction no atomic block shows: autocommit off, a statement, then a rollback."""
     from django.db import connection, transaction
 
+    transaction.set_autocommit(False)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        yield
+    finally:
+        transaction.rollback()
+        transaction.set_autocommit(True)
+
+
+def atomic():
+    from django.db import transaction
+
+    return transaction.atomic()
+
+
+@override_settings(**PACED)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("opened", [atomic, without_atomic], ids=["atomic", "set_autocommit"])
+def test_a_checkpoint_inside_a_transaction_charges_but_does_not_yield(fresh, opened):
     press(1.0)
     pacer = pacing.Pacer()
     with pacer.job("workflow:process"):
-        transaction.set_autocommit(False)  # a transaction no atomic block shows
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
+        with opened():
             spend(pacer, 0.1)
-            assert pacer.checkpoint() == 0.0  # before: slept ~0.2 s holding the transaction
-        finally:
-            transaction.rollback()
-            transaction.set_autocommit(True)
-        assert pacer.checkpoint() > 0  # outside it, the charge is paid
+            # No sleep holding the transaction's locks (set_autocommit: before, it slept ~0.2 s).
+            assert pacer.checkpoint() == 0.0
+        assert tat(fresh) > 0  # but charged: the next checkpoint outside pays for it
+        assert pacer.checkpoint() > 0
 
 
 # -- settings -----------------------------------------------------------------------------------
